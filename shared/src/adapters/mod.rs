@@ -1,0 +1,6 @@
+//! Production adapters for the ports in `crate::ports`.
+
+pub mod dynamodb;
+pub mod gateway;
+pub mod revenuecat;
+pub mod secrets_manager;

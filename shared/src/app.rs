@@ -1,0 +1,168 @@
+//! Wiring: one `App` per Lambda instance, built once during init and shared
+//! by every request that instance serves.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
+
+use tokio::sync::Mutex;
+
+use crate::adapters::dynamodb::DynamoStore;
+use crate::adapters::gateway::{GatewayHttp, NoGateway};
+use crate::adapters::revenuecat::RevenueCatHttp;
+use crate::adapters::secrets_manager::{MissingSecret, SecretsManagerSource};
+use crate::config::{Config, Function};
+use crate::domain::rate_limit::{Admission, MinuteWindow};
+use crate::ports::{
+    Currency, Notifier, RateLimitStore, RcCredentials, RcError, RevenueCat, SecretSource,
+    StoreError,
+};
+use crate::secrets::SecretCache;
+
+/// The currency list changes rarely; one read a minute per instance is plenty.
+pub const CURRENCY_CACHE_TTL: Duration = Duration::from_secs(60);
+
+/// The adapters an `App` talks to; swapping them is how the local runner and
+/// tests reuse the handlers unchanged.
+pub struct Adapters {
+    pub secrets: Arc<dyn SecretSource>,
+    pub rate_limits: Arc<dyn RateLimitStore>,
+    pub revenuecat: Arc<dyn RevenueCat>,
+    pub notifier: Arc<dyn Notifier>,
+}
+
+pub struct App {
+    pub config: Config,
+    pub secrets: SecretCache,
+    pub rate_limits: Arc<dyn RateLimitStore>,
+    pub revenuecat: Arc<dyn RevenueCat>,
+    pub notifier: Arc<dyn Notifier>,
+    currencies: Mutex<Option<CachedCurrencies>>,
+}
+
+struct CachedCurrencies {
+    project_id: String,
+    fetched_at: Instant,
+    currencies: Arc<Vec<Currency>>,
+}
+
+impl App {
+    pub fn new(config: Config, adapters: Adapters) -> Arc<Self> {
+        Arc::new(Self {
+            secrets: SecretCache::new(adapters.secrets, config.secret_ttl),
+            rate_limits: adapters.rate_limits,
+            revenuecat: adapters.revenuecat,
+            notifier: adapters.notifier,
+            currencies: Mutex::new(None),
+            config,
+        })
+    }
+
+    /// Production wiring from the environment (spec §2).
+    pub async fn from_env() -> Arc<Self> {
+        let config = Config::from_env();
+        let aws = aws_config::load_from_env().await;
+        let http = http_client(&config);
+        let secrets: Arc<dyn SecretSource> = match &config.admin_secret_id {
+            Some(id) => Arc::new(SecretsManagerSource::new(
+                aws_sdk_secretsmanager::Client::new(&aws),
+                id.clone(),
+            )),
+            None => {
+                tracing::error!(
+                    "ADMIN_SECRET_ID is not set; every request will answer 503 admin_unconfigured"
+                );
+                Arc::new(MissingSecret)
+            }
+        };
+        let rate_limits: Arc<dyn RateLimitStore> = match &config.table_name {
+            Some(table) => Arc::new(DynamoStore::new(
+                aws_sdk_dynamodb::Client::new(&aws),
+                table.clone(),
+            )),
+            None => {
+                tracing::error!("TABLE_NAME is not set; rate limits cannot be enforced");
+                Arc::new(NoTable)
+            }
+        };
+        let notifier: Arc<dyn Notifier> = match &config.gateway_url {
+            Some(url) => Arc::new(GatewayHttp::new(http.clone(), url, config.gateway_timeout)),
+            None => Arc::new(NoGateway),
+        };
+        let revenuecat = Arc::new(RevenueCatHttp::new(http, &config.revenuecat_api_url));
+        Self::new(
+            config,
+            Adapters {
+                secrets,
+                rate_limits,
+                revenuecat,
+                notifier,
+            },
+        )
+    }
+
+    /// Step 4 of the pipeline: one atomic admission per request. An
+    /// unreachable store admits (admin work must not stop) and says so loudly.
+    pub async fn admit(&self, function: Function, now: SystemTime) -> Admission {
+        let limit = self.config.rate_limit(function);
+        let window = MinuteWindow::containing(now);
+        match self
+            .rate_limits
+            .try_admit(function.name(), window.start, limit, window.expires_at())
+            .await
+        {
+            Ok(Some(count)) => Admission::Admitted {
+                limit,
+                remaining: limit.saturating_sub(count),
+                reset_after: window.reset_after,
+            },
+            Ok(None) => Admission::Refused {
+                limit,
+                reset_after: window.reset_after,
+            },
+            Err(error) => {
+                tracing::error!(%error, function = function.name(), "rate limiter unavailable; admitting without counting");
+                Admission::Uncounted
+            }
+        }
+    }
+
+    /// The project's currencies, from this instance's cache when it is fresh.
+    pub async fn currencies(&self, creds: &RcCredentials) -> Result<Arc<Vec<Currency>>, RcError> {
+        let mut cached = self.currencies.lock().await;
+        if let Some(c) = cached.as_ref() {
+            if c.project_id == creds.project_id && c.fetched_at.elapsed() < CURRENCY_CACHE_TTL {
+                return Ok(c.currencies.clone());
+            }
+        }
+        let currencies = Arc::new(self.revenuecat.list_currencies(creds).await?);
+        *cached = Some(CachedCurrencies {
+            project_id: creds.project_id.clone(),
+            fetched_at: Instant::now(),
+            currencies: currencies.clone(),
+        });
+        Ok(currencies)
+    }
+}
+
+/// One HTTP client for RevenueCat and the gateway. The connect timeout is
+/// short because both are normally a few ms away; the total timeout leaves
+/// room inside the Lambda deadline for a retry and the envelope.
+pub fn http_client(config: &Config) -> reqwest::Client {
+    reqwest::Client::builder()
+        .connect_timeout(Duration::from_secs(2).min(config.revenuecat_timeout))
+        .timeout(config.revenuecat_timeout)
+        .user_agent(concat!("credits-admin/", env!("CARGO_PKG_VERSION")))
+        .build()
+        .expect("a TLS backend is compiled in")
+}
+
+/// Stands in for the table when `TABLE_NAME` is missing, so the failure is
+/// reported per request (limiter fails open, keyed adjustments get 503).
+struct NoTable;
+
+#[async_trait::async_trait]
+impl RateLimitStore for NoTable {
+    async fn try_admit(&self, _: &str, _: u64, _: u32, _: u64) -> Result<Option<u32>, StoreError> {
+        Err(StoreError("TABLE_NAME is not set".into()))
+    }
+}

@@ -1,0 +1,330 @@
+//! Routing and the request pipeline. The pipeline's order is part of the
+//! contract (spec §3) and lives here once: config → auth → validation →
+//! rate limit → the endpoint's own work.
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::{Instant, SystemTime};
+
+use async_trait::async_trait;
+use http::{header, HeaderMap, HeaderValue, Method, Response, StatusCode};
+use lambda_http::{Body, Request, RequestExt};
+use percent_encoding::percent_decode_str;
+use serde::Serialize;
+
+use crate::app::App;
+use crate::config::Function;
+use crate::domain::error::seconds_ceil;
+use crate::domain::rate_limit::Admission;
+use crate::domain::validation::MAX_BODY_BYTES;
+use crate::domain::ApiError;
+use crate::secrets::{bearer_token, AdminSecret};
+
+/// The parts of a request an endpoint may read, already routed.
+#[derive(Debug)]
+pub struct ApiRequest {
+    pub method: Method,
+    pub path_params: Vec<(&'static str, String)>,
+    pub query: Vec<(String, String)>,
+    pub headers: HeaderMap,
+    pub body: Vec<u8>,
+    /// Lambda's request id, or a fresh one outside Lambda; it ties log lines together.
+    pub request_id: String,
+}
+
+impl ApiRequest {
+    pub fn path_param(&self, name: &str) -> Option<&str> {
+        self.path_params
+            .iter()
+            .find(|(n, _)| *n == name)
+            .map(|(_, v)| v.as_str())
+    }
+
+    pub fn query_values(&self, name: &str) -> Vec<&str> {
+        self.query
+            .iter()
+            .filter(|(n, _)| n == name)
+            .map(|(_, v)| v.as_str())
+            .collect()
+    }
+
+    /// A header that is absent or not valid text reads as absent.
+    pub fn header(&self, name: impl header::AsHeaderName) -> Option<&str> {
+        self.headers.get(name).and_then(|v| v.to_str().ok())
+    }
+}
+
+/// One route's behaviour. Implementations stay thin: parse input, call ports.
+#[async_trait]
+pub trait Endpoint: Send + Sync + 'static {
+    const METHOD: Method;
+    /// A path pattern such as `/admin/credits/balances/{user_id}`.
+    const PATH: &'static str;
+    const FUNCTION: Function;
+    type Input: Send;
+
+    fn validate(request: &ApiRequest) -> Result<Self::Input, ApiError>;
+
+    async fn execute(
+        app: &App,
+        secret: &AdminSecret,
+        input: Self::Input,
+        request: &ApiRequest,
+    ) -> Result<Response<Body>, ApiError>;
+}
+
+type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send>>;
+type Pipeline = Box<dyn Fn(Arc<App>, ApiRequest) -> BoxFuture<Response<Body>> + Send + Sync>;
+
+struct Route {
+    method: Method,
+    pattern: &'static str,
+    pipeline: Pipeline,
+}
+
+/// The table of routes one deployment unit serves, usable as a
+/// `tower::Service` by `lambda_http::run` and by the local HTTP server alike.
+#[derive(Clone)]
+pub struct Router {
+    app: Arc<App>,
+    routes: Arc<Vec<Route>>,
+}
+
+impl Router {
+    pub fn new(app: Arc<App>) -> Self {
+        Self {
+            app,
+            routes: Arc::new(Vec::new()),
+        }
+    }
+
+    pub fn route<E: Endpoint>(mut self) -> Self {
+        let routes =
+            Arc::get_mut(&mut self.routes).expect("routes are added before the router is cloned");
+        routes.push(Route {
+            method: E::METHOD,
+            pattern: E::PATH,
+            pipeline: Box::new(|app, request| Box::pin(run_pipeline::<E>(app, request))),
+        });
+        self
+    }
+
+    pub fn app(&self) -> &Arc<App> {
+        &self.app
+    }
+
+    pub async fn handle(&self, request: Request) -> Response<Body> {
+        let started = Instant::now();
+        let method = request.method().clone();
+        let path = request.uri().path().to_owned();
+        let response = self.dispatch(request).await;
+        tracing::info!(
+            http.method = %method,
+            http.path = %path,
+            http.status = response.status().as_u16(),
+            latency_ms = started.elapsed().as_millis() as u64,
+            "request"
+        );
+        response
+    }
+
+    async fn dispatch(&self, request: Request) -> Response<Body> {
+        let path = logical_path(request.uri().path());
+        let mut allowed = Vec::new();
+        for route in self.routes.iter() {
+            let Some(params) = match_path(route.pattern, path) else {
+                continue;
+            };
+            if route.method != request.method() {
+                allowed.push(route.method.as_str());
+                continue;
+            }
+            let params = path_params(&request, params);
+            let api_request = into_api_request(request, params);
+            return (route.pipeline)(self.app.clone(), api_request).await;
+        }
+        if allowed.is_empty() {
+            ApiError::NotFound.into_response()
+        } else {
+            ApiError::MethodNotAllowed {
+                allow: allow_header(&allowed),
+            }
+            .into_response()
+        }
+    }
+}
+
+impl tower_service::Service<Request> for Router {
+    type Response = Response<Body>;
+    type Error = Infallible;
+    type Future = BoxFuture<Result<Response<Body>, Infallible>>;
+
+    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, request: Request) -> Self::Future {
+        let router = self.clone();
+        Box::pin(async move { Ok(router.handle(request).await) })
+    }
+}
+
+async fn run_pipeline<E: Endpoint>(app: Arc<App>, request: ApiRequest) -> Response<Body> {
+    let mut admission = None;
+    let outcome = async {
+        let secret = app
+            .secrets
+            .authorize(bearer_token(request.header(header::AUTHORIZATION)))
+            .await?;
+        if request.body.len() > MAX_BODY_BYTES {
+            return Err(ApiError::PayloadTooLarge {
+                limit: MAX_BODY_BYTES,
+            });
+        }
+        let input = E::validate(&request)?;
+        let admitted = app.admit(E::FUNCTION, SystemTime::now()).await;
+        admission = Some(admitted);
+        if let Admission::Refused { reset_after, .. } = admitted {
+            return Err(ApiError::RateLimited {
+                retry_after: reset_after,
+            });
+        }
+        E::execute(&app, &secret, input, &request).await
+    }
+    .await;
+    let mut response = outcome.unwrap_or_else(|error| {
+        tracing::info!(request_id = %request.request_id, detail = %error.detail(), status = error.status().as_u16(), "refused");
+        error.into_response()
+    });
+    if let Some(admission) = admission {
+        rate_limit_headers(&admission, response.headers_mut());
+    }
+    response
+}
+
+/// `RateLimit-*` headers (IETF draft "RateLimit header fields for HTTP").
+fn rate_limit_headers(admission: &Admission, headers: &mut HeaderMap) {
+    let (limit, remaining, reset) = match *admission {
+        Admission::Admitted {
+            limit,
+            remaining,
+            reset_after,
+        } => (limit, remaining, reset_after),
+        Admission::Refused { limit, reset_after } => (limit, 0, reset_after),
+        Admission::Uncounted => return,
+    };
+    headers.insert("ratelimit-limit", HeaderValue::from(limit));
+    headers.insert("ratelimit-remaining", HeaderValue::from(remaining));
+    headers.insert("ratelimit-reset", HeaderValue::from(seconds_ceil(reset)));
+}
+
+/// A JSON 200 response.
+pub fn json_ok(body: &impl Serialize) -> Response<Body> {
+    let text = serde_json::to_string(body).expect("response types serialise");
+    Response::builder()
+        .status(StatusCode::OK)
+        .header(header::CONTENT_TYPE, "application/json")
+        .body(Body::Text(text))
+        .expect("static status and header are valid")
+}
+
+/// API Gateway may prefix the stage name (`/prod/admin/...`); routes are matched
+/// from the `/admin/` prefix the contract fixes.
+fn logical_path(path: &str) -> &str {
+    path.find("/admin/").map_or(path, |at| &path[at..])
+}
+
+/// Matches `/a/{x}/b` against a path; returns the raw (still encoded) captures.
+fn match_path<'p>(pattern: &'static str, path: &'p str) -> Option<Vec<(&'static str, &'p str)>> {
+    let mut pattern_segments = pattern.split('/');
+    let mut path_segments = path.split('/');
+    let mut captures = Vec::new();
+    loop {
+        match (pattern_segments.next(), path_segments.next()) {
+            (None, None) => return Some(captures),
+            (Some(p), Some(s)) if p.starts_with('{') && p.ends_with('}') => {
+                captures.push((&p[1..p.len() - 1], s))
+            }
+            (Some(p), Some(s)) if p == s => {}
+            _ => return None,
+        }
+    }
+}
+
+/// API Gateway hands over decoded path parameters; elsewhere (the local
+/// runner) the captured segment is percent-decoded here. Undecodable bytes
+/// are kept as replacement characters and then fail validation.
+fn path_params(request: &Request, raw: Vec<(&'static str, &str)>) -> Vec<(&'static str, String)> {
+    let from_gateway = request.path_parameters_ref();
+    raw.into_iter()
+        .map(|(name, segment)| {
+            let value = from_gateway
+                .and_then(|p| p.first(name).map(str::to_owned))
+                .unwrap_or_else(|| percent_decode_str(segment).decode_utf8_lossy().into_owned());
+            (name, value)
+        })
+        .collect()
+}
+
+fn into_api_request(request: Request, path_params: Vec<(&'static str, String)>) -> ApiRequest {
+    let request_id = request
+        .lambda_context_ref()
+        .map(|c| c.request_id.clone())
+        .unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
+    let query = request
+        .uri()
+        .query()
+        .map(|q| form_urlencoded::parse(q.as_bytes()).into_owned().collect())
+        .unwrap_or_default();
+    let (parts, body) = request.into_parts();
+    let body = match body {
+        Body::Empty => Vec::new(),
+        Body::Text(text) => text.into_bytes(),
+        Body::Binary(bytes) => bytes,
+        _ => Vec::new(),
+    };
+    ApiRequest {
+        method: parts.method,
+        path_params,
+        query,
+        headers: parts.headers,
+        body,
+        request_id,
+    }
+}
+
+fn allow_header(methods: &[&str]) -> &'static str {
+    match methods {
+        ["GET"] => "GET",
+        ["POST"] => "POST",
+        _ => "GET, POST",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn paths_match_with_and_without_a_stage() {
+        assert_eq!(
+            logical_path("/prod/admin/credits/currencies"),
+            "/admin/credits/currencies"
+        );
+        let captures = match_path(
+            "/admin/credits/balances/{user_id}",
+            "/admin/credits/balances/user_1",
+        )
+        .unwrap();
+        assert_eq!(captures, vec![("user_id", "user_1")]);
+        assert!(match_path(
+            "/admin/credits/balances/{user_id}",
+            "/admin/credits/balances/a/b"
+        )
+        .is_none());
+        assert!(match_path("/admin/credits/currencies", "/admin/credits/currencies/").is_none());
+    }
+}

@@ -1,0 +1,229 @@
+//! The admin secret: parsed, cached per instance, refreshed on a mismatching
+//! bearer so a rotated token works at once, and compared in constant time.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use serde::Deserialize;
+use sha2::{Digest, Sha256};
+use tokio::sync::Mutex;
+
+use crate::domain::ApiError;
+use crate::ports::{RcCredentials, SecretSource};
+
+/// A wrong token may trigger at most one re-read per this interval per
+/// instance, so a caller guessing tokens cannot hammer Secrets Manager.
+pub const MIN_REFRESH_INTERVAL: Duration = Duration::from_secs(5);
+
+/// The parsed secret value.
+#[derive(Clone)]
+pub struct AdminSecret {
+    admin_token_digest: [u8; 32],
+    /// Kept to authenticate our own calls to the gateway.
+    admin_token: String,
+    pub revenuecat: RcCredentials,
+}
+
+impl std::fmt::Debug for AdminSecret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AdminSecret")
+            .field("revenuecat", &self.revenuecat)
+            .finish_non_exhaustive()
+    }
+}
+
+impl AdminSecret {
+    pub fn new(admin_token: String, revenuecat: RcCredentials) -> Self {
+        Self {
+            admin_token_digest: digest(&admin_token),
+            admin_token,
+            revenuecat,
+        }
+    }
+
+    /// Parses the JSON secret; `AdminUnconfigured` says which key is missing
+    /// (naming only RevenueCat keys, never revealing anything of a value).
+    pub fn parse(raw: &str) -> Result<Self, ApiError> {
+        #[derive(Deserialize)]
+        struct Raw {
+            admin_secret: Option<String>,
+            revenuecat_api_key: Option<String>,
+            revenuecat_project_id: Option<String>,
+        }
+        let raw: Raw = serde_json::from_str(raw).map_err(|_| ApiError::AdminUnconfigured(None))?;
+        let present = |v: Option<String>| v.filter(|s| !s.trim().is_empty());
+        let admin = present(raw.admin_secret).ok_or(ApiError::AdminUnconfigured(None))?;
+        let api_key = present(raw.revenuecat_api_key)
+            .ok_or(ApiError::AdminUnconfigured(Some("revenuecat_api_key")))?;
+        let project_id = present(raw.revenuecat_project_id)
+            .ok_or(ApiError::AdminUnconfigured(Some("revenuecat_project_id")))?;
+        Ok(Self::new(
+            admin,
+            RcCredentials {
+                api_key,
+                project_id,
+            },
+        ))
+    }
+
+    pub fn admin_token(&self) -> &str {
+        &self.admin_token
+    }
+
+    /// Compares fixed-length digests, so neither content nor length leaks through timing.
+    pub fn accepts(&self, bearer: &str) -> bool {
+        let offered = digest(bearer);
+        let difference = offered
+            .iter()
+            .zip(self.admin_token_digest.iter())
+            .fold(0u8, |acc, (a, b)| acc | (a ^ b));
+        std::hint::black_box(difference) == 0
+    }
+}
+
+fn digest(text: &str) -> [u8; 32] {
+    Sha256::digest(text.as_bytes()).into()
+}
+
+struct Cached {
+    secret: Result<Arc<AdminSecret>, ApiError>,
+    fetched_at: Instant,
+}
+
+pub struct SecretCache {
+    source: Arc<dyn SecretSource>,
+    ttl: Duration,
+    state: Mutex<Option<Cached>>,
+}
+
+impl SecretCache {
+    pub fn new(source: Arc<dyn SecretSource>, ttl: Duration) -> Self {
+        Self {
+            source,
+            ttl,
+            state: Mutex::new(None),
+        }
+    }
+
+    /// The current secret: from the cache while fresh, else re-read.
+    /// A missing/incomplete secret is remembered only briefly, so fixing it
+    /// takes effect within seconds.
+    pub async fn current(&self) -> Result<Arc<AdminSecret>, ApiError> {
+        let mut state = self.state.lock().await;
+        if let Some(cached) = state.as_ref() {
+            let lifetime = if cached.secret.is_ok() {
+                self.ttl
+            } else {
+                MIN_REFRESH_INTERVAL.min(self.ttl)
+            };
+            if cached.fetched_at.elapsed() < lifetime {
+                return cached.secret.clone();
+            }
+        }
+        self.reload(&mut state).await
+    }
+
+    /// Steps 1 and 2 of the pipeline: configuration, then the bearer.
+    pub async fn authorize(&self, bearer: Option<&str>) -> Result<Arc<AdminSecret>, ApiError> {
+        let secret = self.current().await?;
+        let bearer = bearer.ok_or(ApiError::MissingBearer)?;
+        if secret.accepts(bearer) {
+            return Ok(secret);
+        }
+        // Maybe the token was rotated since we cached it: re-read once, unless
+        // we (or a concurrent request) did so moments ago.
+        let mut state = self.state.lock().await;
+        let recently_read = state
+            .as_ref()
+            .is_some_and(|c| c.fetched_at.elapsed() < MIN_REFRESH_INTERVAL);
+        let secret = match state.as_ref() {
+            Some(cached) if recently_read => cached.secret.clone()?,
+            _ => self.reload(&mut state).await?,
+        };
+        if secret.accepts(bearer) {
+            Ok(secret)
+        } else {
+            Err(ApiError::InvalidAdminSecret)
+        }
+    }
+
+    async fn reload(&self, state: &mut Option<Cached>) -> Result<Arc<AdminSecret>, ApiError> {
+        let secret = match self.source.fetch().await {
+            Ok(Some(raw)) => AdminSecret::parse(&raw).map(Arc::new),
+            Ok(None) => Err(ApiError::AdminUnconfigured(None)),
+            Err(error) => {
+                // Not cached: the next request tries again.
+                tracing::error!(%error, "secret store unavailable");
+                return Err(ApiError::SecretStoreUnavailable);
+            }
+        };
+        if let Err(error) = &secret {
+            tracing::error!(detail = %error.detail(), "admin secret is not usable");
+        }
+        *state = Some(Cached {
+            secret: secret.clone(),
+            fetched_at: Instant::now(),
+        });
+        secret
+    }
+}
+
+/// Extracts the token of an `Authorization: Bearer <token>` header; the
+/// scheme is matched case-insensitively (RFC 9110 §11.1).
+pub fn bearer_token(authorization: Option<&str>) -> Option<&str> {
+    let (scheme, token) = authorization?.trim().split_once(' ')?;
+    let token = token.trim();
+    (scheme.eq_ignore_ascii_case("bearer") && !token.is_empty()).then_some(token)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parse_names_the_missing_revenuecat_key() {
+        let ok = r#"{"admin_secret":"a","revenuecat_api_key":"sk_1","revenuecat_project_id":"p"}"#;
+        assert!(AdminSecret::parse(ok).is_ok());
+        assert_eq!(
+            AdminSecret::parse("not json").unwrap_err(),
+            ApiError::AdminUnconfigured(None)
+        );
+        assert_eq!(
+            AdminSecret::parse(r#"{"revenuecat_api_key":"sk","revenuecat_project_id":"p"}"#)
+                .unwrap_err(),
+            ApiError::AdminUnconfigured(None)
+        );
+        assert_eq!(
+            AdminSecret::parse(
+                r#"{"admin_secret":"a","revenuecat_api_key":" ","revenuecat_project_id":"p"}"#
+            )
+            .unwrap_err(),
+            ApiError::AdminUnconfigured(Some("revenuecat_api_key"))
+        );
+    }
+
+    #[test]
+    fn token_comparison() {
+        let secret = AdminSecret::new(
+            "adm_token".into(),
+            RcCredentials {
+                api_key: "k".into(),
+                project_id: "p".into(),
+            },
+        );
+        assert!(secret.accepts("adm_token"));
+        assert!(!secret.accepts("adm_toke"));
+        assert!(!secret.accepts(""));
+        assert!(!format!("{secret:?}").contains("adm_token"));
+    }
+
+    #[test]
+    fn bearer_scheme_is_case_insensitive() {
+        assert_eq!(bearer_token(Some("Bearer abc")), Some("abc"));
+        assert_eq!(bearer_token(Some("bEaReR   abc ")), Some("abc"));
+        assert_eq!(bearer_token(Some("Basic abc")), None);
+        assert_eq!(bearer_token(Some("Bearer ")), None);
+        assert_eq!(bearer_token(Some("abc")), None);
+        assert_eq!(bearer_token(None), None);
+    }
+}
