@@ -12,9 +12,10 @@ use crate::adapters::revenuecat::RevenueCatHttp;
 use crate::adapters::secrets_manager::{MissingSecret, SecretsManagerSource};
 use crate::config::{Config, Function};
 use crate::domain::rate_limit::{Admission, MinuteWindow};
+use crate::domain::UsageChanged;
 use crate::ports::{
-    Currency, Notifier, RateLimitStore, RcCredentials, RcError, RevenueCat, SecretSource,
-    StoreError,
+    ClaimOutcome, Currency, IdempotencyStore, NewClaim, Notifier, Outbox, PendingClaim, RateLimitStore,
+    RcCredentials, RcError, RevenueCat, SecretSource, StoreError,
 };
 use crate::secrets::SecretCache;
 
@@ -26,6 +27,8 @@ pub const CURRENCY_CACHE_TTL: Duration = Duration::from_secs(60);
 pub struct Adapters {
     pub secrets: Arc<dyn SecretSource>,
     pub rate_limits: Arc<dyn RateLimitStore>,
+    pub idempotency: Arc<dyn IdempotencyStore>,
+    pub outbox: Arc<dyn Outbox>,
     pub revenuecat: Arc<dyn RevenueCat>,
     pub notifier: Arc<dyn Notifier>,
 }
@@ -34,6 +37,8 @@ pub struct App {
     pub config: Config,
     pub secrets: SecretCache,
     pub rate_limits: Arc<dyn RateLimitStore>,
+    pub idempotency: Arc<dyn IdempotencyStore>,
+    pub outbox: Arc<dyn Outbox>,
     pub revenuecat: Arc<dyn RevenueCat>,
     pub notifier: Arc<dyn Notifier>,
     currencies: Mutex<Option<CachedCurrencies>>,
@@ -50,6 +55,8 @@ impl App {
         Arc::new(Self {
             secrets: SecretCache::new(adapters.secrets, config.secret_ttl),
             rate_limits: adapters.rate_limits,
+            idempotency: adapters.idempotency,
+            outbox: adapters.outbox,
             revenuecat: adapters.revenuecat,
             notifier: adapters.notifier,
             currencies: Mutex::new(None),
@@ -63,10 +70,9 @@ impl App {
         let aws = aws_config::load_from_env().await;
         let http = http_client(&config);
         let secrets: Arc<dyn SecretSource> = match &config.admin_secret_id {
-            Some(id) => Arc::new(SecretsManagerSource::new(
-                aws_sdk_secretsmanager::Client::new(&aws),
-                id.clone(),
-            )),
+            Some(id) => {
+                Arc::new(SecretsManagerSource::new(aws_sdk_secretsmanager::Client::new(&aws), id.clone()))
+            }
             None => {
                 tracing::error!(
                     "ADMIN_SECRET_ID is not set; every request will answer 503 admin_unconfigured"
@@ -74,14 +80,18 @@ impl App {
                 Arc::new(MissingSecret)
             }
         };
-        let rate_limits: Arc<dyn RateLimitStore> = match &config.table_name {
-            Some(table) => Arc::new(DynamoStore::new(
-                aws_sdk_dynamodb::Client::new(&aws),
-                table.clone(),
-            )),
+        let (rate_limits, idempotency, outbox): (
+            Arc<dyn RateLimitStore>,
+            Arc<dyn IdempotencyStore>,
+            Arc<dyn Outbox>,
+        ) = match &config.table_name {
+            Some(table) => {
+                let store = Arc::new(DynamoStore::new(aws_sdk_dynamodb::Client::new(&aws), table.clone()));
+                (store.clone(), store.clone(), store)
+            }
             None => {
-                tracing::error!("TABLE_NAME is not set; rate limits cannot be enforced");
-                Arc::new(NoTable)
+                tracing::error!("TABLE_NAME is not set; rate limits and idempotency keys cannot work");
+                (Arc::new(NoTable), Arc::new(NoTable), Arc::new(NoTable))
             }
         };
         let notifier: Arc<dyn Notifier> = match &config.gateway_url {
@@ -89,15 +99,7 @@ impl App {
             None => Arc::new(NoGateway),
         };
         let revenuecat = Arc::new(RevenueCatHttp::new(http, &config.revenuecat_api_url));
-        Self::new(
-            config,
-            Adapters {
-                secrets,
-                rate_limits,
-                revenuecat,
-                notifier,
-            },
-        )
+        Self::new(config, Adapters { secrets, rate_limits, idempotency, outbox, revenuecat, notifier })
     }
 
     /// Step 4 of the pipeline: one atomic admission per request. An
@@ -105,20 +107,13 @@ impl App {
     pub async fn admit(&self, function: Function, now: SystemTime) -> Admission {
         let limit = self.config.rate_limit(function);
         let window = MinuteWindow::containing(now);
-        match self
-            .rate_limits
-            .try_admit(function.name(), window.start, limit, window.expires_at())
-            .await
-        {
+        match self.rate_limits.try_admit(function.name(), window.start, limit, window.expires_at()).await {
             Ok(Some(count)) => Admission::Admitted {
                 limit,
                 remaining: limit.saturating_sub(count),
                 reset_after: window.reset_after,
             },
-            Ok(None) => Admission::Refused {
-                limit,
-                reset_after: window.reset_after,
-            },
+            Ok(None) => Admission::Refused { limit, reset_after: window.reset_after },
             Err(error) => {
                 tracing::error!(%error, function = function.name(), "rate limiter unavailable; admitting without counting");
                 Admission::Uncounted
@@ -160,9 +155,45 @@ pub fn http_client(config: &Config) -> reqwest::Client {
 /// reported per request (limiter fails open, keyed adjustments get 503).
 struct NoTable;
 
+fn no_table<T>() -> Result<T, StoreError> {
+    Err(StoreError("TABLE_NAME is not set".into()))
+}
+
 #[async_trait::async_trait]
 impl RateLimitStore for NoTable {
     async fn try_admit(&self, _: &str, _: u64, _: u32, _: u64) -> Result<Option<u32>, StoreError> {
-        Err(StoreError("TABLE_NAME is not set".into()))
+        no_table()
+    }
+}
+
+#[async_trait::async_trait]
+impl IdempotencyStore for NoTable {
+    async fn claim(&self, _: &NewClaim, _: u64) -> Result<ClaimOutcome, StoreError> {
+        no_table()
+    }
+    async fn complete(&self, _: &str, _: &str) -> Result<(), StoreError> {
+        no_table()
+    }
+    async fn release(&self, _: &str) -> Result<(), StoreError> {
+        no_table()
+    }
+    async fn lapsed(&self, _: u64, _: usize) -> Result<Vec<PendingClaim>, StoreError> {
+        no_table()
+    }
+    async fn renew(&self, _: &PendingClaim, _: u64) -> Result<bool, StoreError> {
+        no_table()
+    }
+}
+
+#[async_trait::async_trait]
+impl Outbox for NoTable {
+    async fn enqueue(&self, _: &UsageChanged, _: u64) -> Result<(), StoreError> {
+        no_table()
+    }
+    async fn queued(&self, _: usize) -> Result<Vec<UsageChanged>, StoreError> {
+        no_table()
+    }
+    async fn remove(&self, _: &str) -> Result<(), StoreError> {
+        no_table()
     }
 }

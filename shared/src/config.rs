@@ -52,16 +52,9 @@ impl Config {
     }
 
     pub fn from_lookup(get: impl Fn(&str) -> Option<String>) -> Self {
-        let non_empty = |name: &str| {
-            get(name)
-                .map(|v| v.trim().to_owned())
-                .filter(|v| !v.is_empty())
-        };
-        let millis = |name: &str| {
-            non_empty(name)
-                .and_then(|v| v.parse::<u64>().ok())
-                .map(Duration::from_millis)
-        };
+        let non_empty = |name: &str| get(name).map(|v| v.trim().to_owned()).filter(|v| !v.is_empty());
+        let millis =
+            |name: &str| non_empty(name).and_then(|v| v.parse::<u64>().ok()).map(Duration::from_millis);
         Self {
             admin_secret_id: non_empty("ADMIN_SECRET_ID"),
             table_name: non_empty("TABLE_NAME"),
@@ -85,8 +78,7 @@ impl Config {
     }
 
     pub fn rate_limit(&self, function: Function) -> u32 {
-        self.rate_limit_override
-            .unwrap_or_else(|| function.default_rate_limit())
+        self.rate_limit_override.unwrap_or_else(|| function.default_rate_limit())
     }
 }
 
@@ -110,10 +102,6 @@ mod tests {
         });
         assert_eq!(config.rate_limit(Function::ListCurrencies), 7);
         assert_eq!(config.gateway_url.as_deref(), Some("http://gw"));
-        assert_eq!(
-            config.gateway_timeout,
-            Duration::from_secs(2),
-            "the envelope timeout is capped at 2 s"
-        );
+        assert_eq!(config.gateway_timeout, Duration::from_secs(2), "the envelope timeout is capped at 2 s");
     }
 }

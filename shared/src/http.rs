@@ -33,22 +33,18 @@ pub struct ApiRequest {
     pub body: Vec<u8>,
     /// Lambda's request id, or a fresh one outside Lambda; it ties log lines together.
     pub request_id: String,
+    /// When the invocation must have answered (epoch ms): Lambda's deadline,
+    /// or a default budget outside Lambda.
+    pub deadline_ms: u64,
 }
 
 impl ApiRequest {
     pub fn path_param(&self, name: &str) -> Option<&str> {
-        self.path_params
-            .iter()
-            .find(|(n, _)| *n == name)
-            .map(|(_, v)| v.as_str())
+        self.path_params.iter().find(|(n, _)| *n == name).map(|(_, v)| v.as_str())
     }
 
     pub fn query_values(&self, name: &str) -> Vec<&str> {
-        self.query
-            .iter()
-            .filter(|(n, _)| n == name)
-            .map(|(_, v)| v.as_str())
-            .collect()
+        self.query.iter().filter(|(n, _)| n == name).map(|(_, v)| v.as_str()).collect()
     }
 
     /// A header that is absent or not valid text reads as absent.
@@ -76,6 +72,9 @@ pub trait Endpoint: Send + Sync + 'static {
     ) -> Result<Response<Body>, ApiError>;
 }
 
+/// Outside Lambda (the local runner) a request gets the functions' timeout.
+const DEFAULT_BUDGET_MS: u64 = 15_000;
+
 type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send>>;
 type Pipeline = Box<dyn Fn(Arc<App>, ApiRequest) -> BoxFuture<Response<Body>> + Send + Sync>;
 
@@ -95,15 +94,11 @@ pub struct Router {
 
 impl Router {
     pub fn new(app: Arc<App>) -> Self {
-        Self {
-            app,
-            routes: Arc::new(Vec::new()),
-        }
+        Self { app, routes: Arc::new(Vec::new()) }
     }
 
     pub fn route<E: Endpoint>(mut self) -> Self {
-        let routes =
-            Arc::get_mut(&mut self.routes).expect("routes are added before the router is cloned");
+        let routes = Arc::get_mut(&mut self.routes).expect("routes are added before the router is cloned");
         routes.push(Route {
             method: E::METHOD,
             pattern: E::PATH,
@@ -149,10 +144,7 @@ impl Router {
         if allowed.is_empty() {
             ApiError::NotFound.into_response()
         } else {
-            ApiError::MethodNotAllowed {
-                allow: allow_header(&allowed),
-            }
-            .into_response()
+            ApiError::MethodNotAllowed { allow: allow_header(&allowed) }.into_response()
         }
     }
 }
@@ -175,22 +167,15 @@ impl tower_service::Service<Request> for Router {
 async fn run_pipeline<E: Endpoint>(app: Arc<App>, request: ApiRequest) -> Response<Body> {
     let mut admission = None;
     let outcome = async {
-        let secret = app
-            .secrets
-            .authorize(bearer_token(request.header(header::AUTHORIZATION)))
-            .await?;
+        let secret = app.secrets.authorize(bearer_token(request.header(header::AUTHORIZATION))).await?;
         if request.body.len() > MAX_BODY_BYTES {
-            return Err(ApiError::PayloadTooLarge {
-                limit: MAX_BODY_BYTES,
-            });
+            return Err(ApiError::PayloadTooLarge { limit: MAX_BODY_BYTES });
         }
         let input = E::validate(&request)?;
         let admitted = app.admit(E::FUNCTION, SystemTime::now()).await;
         admission = Some(admitted);
         if let Admission::Refused { reset_after, .. } = admitted {
-            return Err(ApiError::RateLimited {
-                retry_after: reset_after,
-            });
+            return Err(ApiError::RateLimited { retry_after: reset_after });
         }
         E::execute(&app, &secret, input, &request).await
     }
@@ -208,11 +193,7 @@ async fn run_pipeline<E: Endpoint>(app: Arc<App>, request: ApiRequest) -> Respon
 /// `RateLimit-*` headers (IETF draft "RateLimit header fields for HTTP").
 fn rate_limit_headers(admission: &Admission, headers: &mut HeaderMap) {
     let (limit, remaining, reset) = match *admission {
-        Admission::Admitted {
-            limit,
-            remaining,
-            reset_after,
-        } => (limit, remaining, reset_after),
+        Admission::Admitted { limit, remaining, reset_after } => (limit, remaining, reset_after),
         Admission::Refused { limit, reset_after } => (limit, 0, reset_after),
         Admission::Uncounted => return,
     };
@@ -270,10 +251,11 @@ fn path_params(request: &Request, raw: Vec<(&'static str, &str)>) -> Vec<(&'stat
 }
 
 fn into_api_request(request: Request, path_params: Vec<(&'static str, String)>) -> ApiRequest {
-    let request_id = request
-        .lambda_context_ref()
-        .map(|c| c.request_id.clone())
-        .unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
+    let context = request.lambda_context_ref();
+    let request_id =
+        context.map(|c| c.request_id.clone()).unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
+    let deadline_ms =
+        context.map(|c| c.deadline).unwrap_or_else(|| crate::clock::now_ms() + DEFAULT_BUDGET_MS);
     let query = request
         .uri()
         .query()
@@ -293,6 +275,7 @@ fn into_api_request(request: Request, path_params: Vec<(&'static str, String)>) 
         headers: parts.headers,
         body,
         request_id,
+        deadline_ms,
     }
 }
 
@@ -310,21 +293,11 @@ mod tests {
 
     #[test]
     fn paths_match_with_and_without_a_stage() {
-        assert_eq!(
-            logical_path("/prod/admin/credits/currencies"),
-            "/admin/credits/currencies"
-        );
-        let captures = match_path(
-            "/admin/credits/balances/{user_id}",
-            "/admin/credits/balances/user_1",
-        )
-        .unwrap();
+        assert_eq!(logical_path("/prod/admin/credits/currencies"), "/admin/credits/currencies");
+        let captures =
+            match_path("/admin/credits/balances/{user_id}", "/admin/credits/balances/user_1").unwrap();
         assert_eq!(captures, vec![("user_id", "user_1")]);
-        assert!(match_path(
-            "/admin/credits/balances/{user_id}",
-            "/admin/credits/balances/a/b"
-        )
-        .is_none());
+        assert!(match_path("/admin/credits/balances/{user_id}", "/admin/credits/balances/a/b").is_none());
         assert!(match_path("/admin/credits/currencies", "/admin/credits/currencies/").is_none());
     }
 }

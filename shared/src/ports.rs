@@ -47,9 +47,7 @@ pub struct RcCredentials {
 
 impl std::fmt::Debug for RcCredentials {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("RcCredentials")
-            .field("project_id", &self.project_id)
-            .finish_non_exhaustive()
+        f.debug_struct("RcCredentials").field("project_id", &self.project_id).finish_non_exhaustive()
     }
 }
 
@@ -147,9 +145,67 @@ impl From<RcError> for crate::domain::ApiError {
             RcError::CustomerNotFound => ApiError::RcCustomerNotFound,
             RcError::CurrencyNotFound => ApiError::UnknownCurrency,
             RcError::InsufficientBalance => ApiError::InsufficientBalance,
-            RcError::Rejected { kind } | RcError::OutcomeUnknown { kind } => {
-                ApiError::RcCallFailed(kind)
-            }
+            RcError::Rejected { kind } | RcError::OutcomeUnknown { kind } => ApiError::RcCallFailed(kind),
         }
     }
+}
+
+/// A request to own one adjustment (spec §6). The record remembers exactly
+/// what is sent to RevenueCat so any later attempt re-sends the same thing.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NewClaim {
+    /// `client#<key>` for client keys, `auto#<uuid>` for adjustments without one.
+    pub record_key: String,
+    pub client_key: Option<String>,
+    pub fingerprint: String,
+    pub transaction: Transaction,
+    pub envelope_id: String,
+    pub lease_until_ms: u64,
+    pub expires_at: u64,
+}
+
+/// An adjustment whose outcome is not recorded yet.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PendingClaim {
+    pub record_key: String,
+    pub client_key: Option<String>,
+    pub transaction: Transaction,
+    pub envelope_id: String,
+    pub lease_until_ms: u64,
+    pub attempts: u32,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ClaimOutcome {
+    /// This caller owns the adjustment and must send `transaction`.
+    Claimed(PendingClaim),
+    /// Done before: the stored 200 body.
+    Completed { response: String },
+    /// Another attempt holds an unexpired lease.
+    InProgress { lease_until_ms: u64 },
+    /// The key was used for a different adjustment.
+    FingerprintMismatch,
+}
+
+#[async_trait]
+pub trait IdempotencyStore: Send + Sync {
+    /// Claims atomically; a lapsed lease with the same fingerprint is taken
+    /// over, keeping the recorded transaction and RevenueCat key.
+    async fn claim(&self, claim: &NewClaim, now_ms: u64) -> Result<ClaimOutcome, StoreError>;
+    /// Records the final 200 body for replays.
+    async fn complete(&self, record_key: &str, response: &str) -> Result<(), StoreError>;
+    /// Forgets a claim RevenueCat definitely rejected, so a retry may run.
+    async fn release(&self, record_key: &str) -> Result<(), StoreError>;
+    /// Claims whose lease lapsed without a result, oldest first.
+    async fn lapsed(&self, now_ms: u64, limit: usize) -> Result<Vec<PendingClaim>, StoreError>;
+    /// Extends a lapsed lease if nobody else did first; `false` if we lost the race.
+    async fn renew(&self, claim: &PendingClaim, lease_until_ms: u64) -> Result<bool, StoreError>;
+}
+
+/// Envelopes the gateway did not accept yet (spec §8).
+#[async_trait]
+pub trait Outbox: Send + Sync {
+    async fn enqueue(&self, envelope: &UsageChanged, expires_at: u64) -> Result<(), StoreError>;
+    async fn queued(&self, limit: usize) -> Result<Vec<UsageChanged>, StoreError>;
+    async fn remove(&self, envelope_id: &str) -> Result<(), StoreError>;
 }

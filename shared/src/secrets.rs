@@ -26,19 +26,13 @@ pub struct AdminSecret {
 
 impl std::fmt::Debug for AdminSecret {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("AdminSecret")
-            .field("revenuecat", &self.revenuecat)
-            .finish_non_exhaustive()
+        f.debug_struct("AdminSecret").field("revenuecat", &self.revenuecat).finish_non_exhaustive()
     }
 }
 
 impl AdminSecret {
     pub fn new(admin_token: String, revenuecat: RcCredentials) -> Self {
-        Self {
-            admin_token_digest: digest(&admin_token),
-            admin_token,
-            revenuecat,
-        }
+        Self { admin_token_digest: digest(&admin_token), admin_token, revenuecat }
     }
 
     /// Parses the JSON secret; `AdminUnconfigured` says which key is missing
@@ -53,17 +47,11 @@ impl AdminSecret {
         let raw: Raw = serde_json::from_str(raw).map_err(|_| ApiError::AdminUnconfigured(None))?;
         let present = |v: Option<String>| v.filter(|s| !s.trim().is_empty());
         let admin = present(raw.admin_secret).ok_or(ApiError::AdminUnconfigured(None))?;
-        let api_key = present(raw.revenuecat_api_key)
-            .ok_or(ApiError::AdminUnconfigured(Some("revenuecat_api_key")))?;
+        let api_key =
+            present(raw.revenuecat_api_key).ok_or(ApiError::AdminUnconfigured(Some("revenuecat_api_key")))?;
         let project_id = present(raw.revenuecat_project_id)
             .ok_or(ApiError::AdminUnconfigured(Some("revenuecat_project_id")))?;
-        Ok(Self::new(
-            admin,
-            RcCredentials {
-                api_key,
-                project_id,
-            },
-        ))
+        Ok(Self::new(admin, RcCredentials { api_key, project_id }))
     }
 
     pub fn admin_token(&self) -> &str {
@@ -73,10 +61,8 @@ impl AdminSecret {
     /// Compares fixed-length digests, so neither content nor length leaks through timing.
     pub fn accepts(&self, bearer: &str) -> bool {
         let offered = digest(bearer);
-        let difference = offered
-            .iter()
-            .zip(self.admin_token_digest.iter())
-            .fold(0u8, |acc, (a, b)| acc | (a ^ b));
+        let difference =
+            offered.iter().zip(self.admin_token_digest.iter()).fold(0u8, |acc, (a, b)| acc | (a ^ b));
         std::hint::black_box(difference) == 0
     }
 }
@@ -98,11 +84,7 @@ pub struct SecretCache {
 
 impl SecretCache {
     pub fn new(source: Arc<dyn SecretSource>, ttl: Duration) -> Self {
-        Self {
-            source,
-            ttl,
-            state: Mutex::new(None),
-        }
+        Self { source, ttl, state: Mutex::new(None) }
     }
 
     /// The current secret: from the cache while fresh, else re-read.
@@ -111,11 +93,7 @@ impl SecretCache {
     pub async fn current(&self) -> Result<Arc<AdminSecret>, ApiError> {
         let mut state = self.state.lock().await;
         if let Some(cached) = state.as_ref() {
-            let lifetime = if cached.secret.is_ok() {
-                self.ttl
-            } else {
-                MIN_REFRESH_INTERVAL.min(self.ttl)
-            };
+            let lifetime = if cached.secret.is_ok() { self.ttl } else { MIN_REFRESH_INTERVAL.min(self.ttl) };
             if cached.fetched_at.elapsed() < lifetime {
                 return cached.secret.clone();
             }
@@ -133,9 +111,7 @@ impl SecretCache {
         // Maybe the token was rotated since we cached it: re-read once, unless
         // we (or a concurrent request) did so moments ago.
         let mut state = self.state.lock().await;
-        let recently_read = state
-            .as_ref()
-            .is_some_and(|c| c.fetched_at.elapsed() < MIN_REFRESH_INTERVAL);
+        let recently_read = state.as_ref().is_some_and(|c| c.fetched_at.elapsed() < MIN_REFRESH_INTERVAL);
         let secret = match state.as_ref() {
             Some(cached) if recently_read => cached.secret.clone()?,
             _ => self.reload(&mut state).await?,
@@ -160,10 +136,7 @@ impl SecretCache {
         if let Err(error) = &secret {
             tracing::error!(detail = %error.detail(), "admin secret is not usable");
         }
-        *state = Some(Cached {
-            secret: secret.clone(),
-            fetched_at: Instant::now(),
-        });
+        *state = Some(Cached { secret: secret.clone(), fetched_at: Instant::now() });
         secret
     }
 }
@@ -184,13 +157,9 @@ mod tests {
     fn parse_names_the_missing_revenuecat_key() {
         let ok = r#"{"admin_secret":"a","revenuecat_api_key":"sk_1","revenuecat_project_id":"p"}"#;
         assert!(AdminSecret::parse(ok).is_ok());
+        assert_eq!(AdminSecret::parse("not json").unwrap_err(), ApiError::AdminUnconfigured(None));
         assert_eq!(
-            AdminSecret::parse("not json").unwrap_err(),
-            ApiError::AdminUnconfigured(None)
-        );
-        assert_eq!(
-            AdminSecret::parse(r#"{"revenuecat_api_key":"sk","revenuecat_project_id":"p"}"#)
-                .unwrap_err(),
+            AdminSecret::parse(r#"{"revenuecat_api_key":"sk","revenuecat_project_id":"p"}"#).unwrap_err(),
             ApiError::AdminUnconfigured(None)
         );
         assert_eq!(
@@ -206,10 +175,7 @@ mod tests {
     fn token_comparison() {
         let secret = AdminSecret::new(
             "adm_token".into(),
-            RcCredentials {
-                api_key: "k".into(),
-                project_id: "p".into(),
-            },
+            RcCredentials { api_key: "k".into(), project_id: "p".into() },
         );
         assert!(secret.accepts("adm_token"));
         assert!(!secret.accepts("adm_toke"));

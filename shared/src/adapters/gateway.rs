@@ -15,11 +15,7 @@ pub struct GatewayHttp {
 
 impl GatewayHttp {
     pub fn new(client: reqwest::Client, gateway_url: &str, timeout: Duration) -> Self {
-        Self {
-            client,
-            control_url: format!("{gateway_url}/internal/control"),
-            timeout,
-        }
+        Self { client, control_url: format!("{gateway_url}/internal/control"), timeout }
     }
 }
 
@@ -38,10 +34,7 @@ impl Notifier for GatewayHttp {
         if response.status().is_success() {
             Ok(())
         } else {
-            Err(StoreError(format!(
-                "gateway answered {}",
-                response.status().as_u16()
-            )))
+            Err(StoreError(format!("gateway answered {}", response.status().as_u16())))
         }
     }
 }

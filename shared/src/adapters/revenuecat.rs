@@ -13,17 +13,11 @@ use serde::Deserialize;
 use serde_json::{json, Value};
 
 use crate::adapters::gateway::describe;
-use crate::ports::{
-    Balance, Currency, ProductGrant, RcCredentials, RcError, RevenueCat, Transaction,
-};
+use crate::ports::{Balance, Currency, ProductGrant, RcCredentials, RcError, RevenueCat, Transaction};
 
 /// Everything but RFC 3986 unreserved characters is encoded, so a customer id
 /// (which may contain `$`, `:` …) is always exactly one path segment (§1).
-const PATH_SEGMENT: &AsciiSet = &NON_ALPHANUMERIC
-    .remove(b'-')
-    .remove(b'.')
-    .remove(b'_')
-    .remove(b'~');
+const PATH_SEGMENT: &AsciiSet = &NON_ALPHANUMERIC.remove(b'-').remove(b'.').remove(b'_').remove(b'~');
 /// A project has at most 100 currencies (§3); ask for them in one page.
 const PAGE_LIMIT: u32 = 100;
 /// Guards against a cursor that never ends.
@@ -39,28 +33,17 @@ pub struct RevenueCatHttp {
 impl RevenueCatHttp {
     /// `client` should carry connect and total timeouts that fit the Lambda deadline.
     pub fn new(client: reqwest::Client, base_url: &str) -> Self {
-        Self {
-            client,
-            base_url: base_url.trim_end_matches('/').to_owned(),
-        }
+        Self { client, base_url: base_url.trim_end_matches('/').to_owned() }
     }
 
-    fn url(
-        &self,
-        creds: &RcCredentials,
-        customer: Option<&str>,
-        tail: &str,
-    ) -> Result<Url, Failure> {
+    fn url(&self, creds: &RcCredentials, customer: Option<&str>, tail: &str) -> Result<Url, Failure> {
         let mut url = format!("{}/projects/{}", self.base_url, encode(&creds.project_id));
         if let Some(customer) = customer {
             url.push_str("/customers/");
             url.push_str(&encode(customer));
         }
         url.push_str(tail);
-        Url::parse(&url).map_err(|_| Failure::Transport {
-            kind: "invalid_url",
-            maybe_sent: false,
-        })
+        Url::parse(&url).map_err(|_| Failure::Transport { kind: "invalid_url", maybe_sent: false })
     }
 
     /// Sends one request, waiting out one 429/423 backoff (§9) before giving up.
@@ -92,20 +75,17 @@ impl RevenueCatHttp {
             })?;
             let status = response.status();
             let retry_after = retry_after_header(&response);
-            let text = response.text().await.map_err(|e| Failure::Transport {
-                kind: describe(&e),
-                maybe_sent: true,
-            })?;
+            let text = response
+                .text()
+                .await
+                .map_err(|e| Failure::Transport { kind: describe(&e), maybe_sent: true })?;
             if status.is_success() {
                 return serde_json::from_str(&text).map_err(|_| Failure::InvalidResponse);
             }
-            let error =
-                serde_json::from_str::<ErrorBody>(&text).map_err(|_| Failure::InvalidResponse)?;
-            let retryable_now =
-                matches!(status, StatusCode::TOO_MANY_REQUESTS | StatusCode::LOCKED);
-            let backoff = retry_after
-                .or(error.backoff_ms.map(Duration::from_millis))
-                .unwrap_or(Duration::from_secs(1));
+            let error = serde_json::from_str::<ErrorBody>(&text).map_err(|_| Failure::InvalidResponse)?;
+            let retryable_now = matches!(status, StatusCode::TOO_MANY_REQUESTS | StatusCode::LOCKED);
+            let backoff =
+                retry_after.or(error.backoff_ms.map(Duration::from_millis)).unwrap_or(Duration::from_secs(1));
             if retryable_now && !waited && backoff <= MAX_BACKOFF {
                 waited = true;
                 tracing::warn!(
@@ -122,21 +102,14 @@ impl RevenueCatHttp {
 
     /// Follows `next_page` cursors (§2): absolute or relative, only the
     /// `starting_after` value is taken so we never leave the configured host.
-    async fn get_all_pages(
-        &self,
-        creds: &RcCredentials,
-        mut url: Url,
-    ) -> Result<Vec<Value>, Failure> {
-        url.query_pairs_mut()
-            .append_pair("limit", &PAGE_LIMIT.to_string());
+    async fn get_all_pages(&self, creds: &RcCredentials, mut url: Url) -> Result<Vec<Value>, Failure> {
+        url.query_pairs_mut().append_pair("limit", &PAGE_LIMIT.to_string());
         let mut items = Vec::new();
         let mut cursors_seen = Vec::new();
         for _ in 0..MAX_PAGES {
-            let page: Page = serde_json::from_value(
-                self.send(creds, Method::GET, url.clone(), None, None)
-                    .await?,
-            )
-            .map_err(|_| Failure::InvalidResponse)?;
+            let page: Page =
+                serde_json::from_value(self.send(creds, Method::GET, url.clone(), None, None).await?)
+                    .map_err(|_| Failure::InvalidResponse)?;
             items.extend(page.items);
             let Some(cursor) = page.next_page.as_deref().and_then(starting_after) else {
                 return Ok(items);
@@ -150,10 +123,7 @@ impl RevenueCatHttp {
                 .filter(|(k, _)| k != "starting_after")
                 .map(|(k, v)| (k.into(), v.into()))
                 .collect();
-            next.query_pairs_mut()
-                .clear()
-                .extend_pairs(kept)
-                .append_pair("starting_after", &cursor);
+            next.query_pairs_mut().clear().extend_pairs(kept).append_pair("starting_after", &cursor);
             cursors_seen.push(cursor);
             url = next;
         }
@@ -164,13 +134,8 @@ impl RevenueCatHttp {
 #[async_trait]
 impl RevenueCat for RevenueCatHttp {
     async fn list_currencies(&self, creds: &RcCredentials) -> Result<Vec<Currency>, RcError> {
-        let url = self
-            .url(creds, None, "/virtual_currencies")
-            .map_err(Failure::into_generic)?;
-        let items = self
-            .get_all_pages(creds, url)
-            .await
-            .map_err(Failure::into_generic)?;
+        let url = self.url(creds, None, "/virtual_currencies").map_err(Failure::into_generic)?;
+        let items = self.get_all_pages(creds, url).await.map_err(Failure::into_generic)?;
         items
             .into_iter()
             .map(|item| serde_json::from_value::<RcCurrency>(item).map(RcCurrency::flatten))
@@ -184,17 +149,11 @@ impl RevenueCat for RevenueCatHttp {
         customer_id: &str,
         include_empty: bool,
     ) -> Result<Vec<Balance>, RcError> {
-        let mut url = self
-            .url(creds, Some(customer_id), "/virtual_currencies")
-            .map_err(Failure::into_generic)?;
-        url.query_pairs_mut().append_pair(
-            "include_empty_balances",
-            if include_empty { "true" } else { "false" },
-        );
-        let items = self
-            .get_all_pages(creds, url)
-            .await
-            .map_err(Failure::into_customer)?;
+        let mut url =
+            self.url(creds, Some(customer_id), "/virtual_currencies").map_err(Failure::into_generic)?;
+        url.query_pairs_mut()
+            .append_pair("include_empty_balances", if include_empty { "true" } else { "false" });
+        let items = self.get_all_pages(creds, url).await.map_err(Failure::into_customer)?;
         parse_balances(items).map_err(Failure::into_generic)
     }
 
@@ -204,24 +163,13 @@ impl RevenueCat for RevenueCatHttp {
         tx: &Transaction,
     ) -> Result<Vec<Balance>, RcError> {
         let mut url = self
-            .url(
-                creds,
-                Some(&tx.customer_id),
-                "/virtual_currencies/transactions",
-            )
+            .url(creds, Some(&tx.customer_id), "/virtual_currencies/transactions")
             .map_err(Failure::into_generic)?;
         // Ask for zero balances too, so a deduction to 0 still reports the currency (§5).
-        url.query_pairs_mut()
-            .append_pair("include_empty_balances", "true");
+        url.query_pairs_mut().append_pair("include_empty_balances", "true");
         let body = json!({ "adjustments": { &tx.currency: tx.amount }, "reference": tx.reference });
         let answer = self
-            .send(
-                creds,
-                Method::POST,
-                url,
-                Some(&body),
-                Some(&tx.idempotency_key),
-            )
+            .send(creds, Method::POST, url, Some(&body), Some(&tx.idempotency_key))
             .await
             .map_err(|failure| failure.into_transaction(tx.amount))?;
         let page: Page = serde_json::from_value(answer)
@@ -235,22 +183,14 @@ fn encode(segment: &str) -> String {
 }
 
 fn retry_after_header(response: &reqwest::Response) -> Option<Duration> {
-    let value = response
-        .headers()
-        .get(reqwest::header::RETRY_AFTER)?
-        .to_str()
-        .ok()?;
+    let value = response.headers().get(reqwest::header::RETRY_AFTER)?.to_str().ok()?;
     value.trim().parse::<u64>().ok().map(Duration::from_secs)
 }
 
 fn starting_after(next_page: &str) -> Option<String> {
     let base = Url::parse("http://relative.invalid/").expect("static URL");
     let url = base.join(next_page).ok()?;
-    let cursor = url
-        .query_pairs()
-        .find(|(k, _)| k == "starting_after")?
-        .1
-        .into_owned();
+    let cursor = url.query_pairs().find(|(k, _)| k == "starting_after")?.1.into_owned();
     (!cursor.is_empty()).then_some(cursor)
 }
 
@@ -302,20 +242,10 @@ impl RcCurrency {
             .unwrap_or_default()
             .into_iter()
             .flat_map(|g| {
-                g.product_ids
-                    .into_iter()
-                    .map(move |product_id| ProductGrant {
-                        product_id,
-                        amount: g.amount,
-                    })
+                g.product_ids.into_iter().map(move |product_id| ProductGrant { product_id, amount: g.amount })
             })
             .collect();
-        Currency {
-            code: self.code,
-            name: self.name,
-            description: self.description,
-            product_grants,
-        }
+        Currency { code: self.code, name: self.name, description: self.description, product_grants }
     }
 }
 
@@ -340,14 +270,8 @@ struct ErrorBody {
 }
 
 enum Failure {
-    Api {
-        status: StatusCode,
-        error: ErrorBody,
-    },
-    Transport {
-        kind: &'static str,
-        maybe_sent: bool,
-    },
+    Api { status: StatusCode, error: ErrorBody },
+    Transport { kind: &'static str, maybe_sent: bool },
     InvalidResponse,
 }
 
@@ -358,27 +282,16 @@ impl Failure {
                 RcError::OutcomeUnknown { kind: error.kind }
             }
             Failure::Api { error, .. } => RcError::Rejected { kind: error.kind },
-            Failure::Transport {
-                kind,
-                maybe_sent: true,
-            } => RcError::OutcomeUnknown { kind: kind.into() },
-            Failure::Transport {
-                kind,
-                maybe_sent: false,
-            } => RcError::Rejected { kind: kind.into() },
-            Failure::InvalidResponse => RcError::OutcomeUnknown {
-                kind: "invalid_response".into(),
-            },
+            Failure::Transport { kind, maybe_sent: true } => RcError::OutcomeUnknown { kind: kind.into() },
+            Failure::Transport { kind, maybe_sent: false } => RcError::Rejected { kind: kind.into() },
+            Failure::InvalidResponse => RcError::OutcomeUnknown { kind: "invalid_response".into() },
         }
     }
 
     /// On a customer path a 404 means the customer does not exist (§4).
     fn into_customer(self) -> RcError {
         match self {
-            Failure::Api {
-                status: StatusCode::NOT_FOUND,
-                ..
-            } => RcError::CustomerNotFound,
+            Failure::Api { status: StatusCode::NOT_FOUND, .. } => RcError::CustomerNotFound,
             other => other.into_generic(),
         }
     }
@@ -389,20 +302,19 @@ impl Failure {
     /// same key may be applying it, so its outcome is not known yet.
     fn into_transaction(self, amount: i64) -> RcError {
         match self {
-            Failure::Api {
-                status: StatusCode::NOT_FOUND,
-                error,
-            } if error.param.as_deref() == Some("adjustments") => RcError::CurrencyNotFound,
-            Failure::Api {
-                status: StatusCode::UNPROCESSABLE_ENTITY,
-                error,
-            } if error.param.as_deref() == Some("adjustments") && amount < 0 => {
+            Failure::Api { status: StatusCode::NOT_FOUND, error }
+                if error.param.as_deref() == Some("adjustments") =>
+            {
+                RcError::CurrencyNotFound
+            }
+            Failure::Api { status: StatusCode::UNPROCESSABLE_ENTITY, error }
+                if error.param.as_deref() == Some("adjustments") && amount < 0 =>
+            {
                 RcError::InsufficientBalance
             }
-            Failure::Api {
-                status: StatusCode::LOCKED,
-                error,
-            } => RcError::OutcomeUnknown { kind: error.kind },
+            Failure::Api { status: StatusCode::LOCKED, error } => {
+                RcError::OutcomeUnknown { kind: error.kind }
+            }
             other => other.into_customer(),
         }
     }
@@ -415,7 +327,9 @@ mod tests {
     #[test]
     fn cursor_is_read_from_absolute_and_relative_next_pages() {
         assert_eq!(
-            starting_after("https://api.revenuecat.com/v2/projects/p/virtual_currencies?starting_after=GLD&limit=3"),
+            starting_after(
+                "https://api.revenuecat.com/v2/projects/p/virtual_currencies?starting_after=GLD&limit=3"
+            ),
             Some("GLD".into())
         );
         assert_eq!(
@@ -439,12 +353,6 @@ mod tests {
             "trial_amount":0,"expire_at_cycle_end":false}]});
         let currency = serde_json::from_value::<RcCurrency>(raw).unwrap().flatten();
         assert_eq!(currency.product_grants.len(), 2);
-        assert_eq!(
-            currency.product_grants[1],
-            ProductGrant {
-                product_id: "b".into(),
-                amount: 5
-            }
-        );
+        assert_eq!(currency.product_grants[1], ProductGrant { product_id: "b".into(), amount: 5 });
     }
 }

@@ -20,13 +20,7 @@ impl SecretsManagerSource {
 #[async_trait]
 impl SecretSource for SecretsManagerSource {
     async fn fetch(&self) -> Result<Option<String>, StoreError> {
-        match self
-            .client
-            .get_secret_value()
-            .secret_id(&self.secret_id)
-            .send()
-            .await
-        {
+        match self.client.get_secret_value().secret_id(&self.secret_id).send().await {
             Ok(output) => Ok(output.secret_string().map(str::to_owned)),
             Err(error) => {
                 let service_error = error.as_service_error();
@@ -34,10 +28,7 @@ impl SecretSource for SecretsManagerSource {
                     Ok(None)
                 } else {
                     // The error text names the secret and the failure, never its value.
-                    Err(StoreError(format!(
-                        "GetSecretValue failed: {}",
-                        DisplayErrorContext(&error)
-                    )))
+                    Err(StoreError(format!("GetSecretValue failed: {}", DisplayErrorContext(&error))))
                 }
             }
         }

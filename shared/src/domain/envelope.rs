@@ -39,11 +39,7 @@ impl UsageChanged {
             envelope_id,
             user_id: user_id.to_owned(),
             occurred_at: humantime::format_rfc3339_seconds(at).to_string(),
-            payload: UsagePayload {
-                currency: currency.to_owned(),
-                balance,
-                delta,
-            },
+            payload: UsagePayload { currency: currency.to_owned(), balance, delta },
         }
     }
 }

@@ -135,8 +135,9 @@ impl ApiError {
 
     pub fn retry_after(&self) -> Option<Duration> {
         match self {
-            ApiError::RateLimited { retry_after }
-            | ApiError::IdempotencyKeyInProgress { retry_after } => Some(*retry_after),
+            ApiError::RateLimited { retry_after } | ApiError::IdempotencyKeyInProgress { retry_after } => {
+                Some(*retry_after)
+            }
             _ => None,
         }
     }

@@ -76,10 +76,7 @@ impl Adjustment {
     /// Checks run in a fixed order so one request always gets the same detail.
     pub fn parse(body: &[u8], header_key: Option<&str>) -> Result<Self, ApiError> {
         let fields = parse_object(body)?;
-        if let Some((unknown, _)) = fields
-            .iter()
-            .find(|(name, _)| !KNOWN_FIELDS.contains(&name.as_str()))
-        {
+        if let Some((unknown, _)) = fields.iter().find(|(name, _)| !KNOWN_FIELDS.contains(&name.as_str())) {
             return Err(ApiError::UnknownField(truncate(unknown, 64)));
         }
         let field = |name: &str| fields.iter().find(|(n, _)| n == name).map(|(_, v)| v);
@@ -105,30 +102,17 @@ impl Adjustment {
         };
         let header_key = header_key.map(parse_idempotency_key).transpose()?;
         let idempotency_key = match (body_key, header_key) {
-            (Some(body), Some(header)) if body != header => {
-                return Err(ApiError::InvalidIdempotencyKey)
-            }
+            (Some(body), Some(header)) if body != header => return Err(ApiError::InvalidIdempotencyKey),
             (body, header) => body.or(header),
         };
 
-        Ok(Self {
-            user_id,
-            amount,
-            reason,
-            currency,
-            idempotency_key,
-        })
+        Ok(Self { user_id, amount, reason, currency, idempotency_key })
     }
 
     /// What makes two requests "the same adjustment" for idempotency: a key
     /// reused with a different fingerprint is a client bug, not a retry.
     pub fn fingerprint(&self) -> String {
-        let canonical = serde_json::json!([
-            self.user_id.as_str(),
-            self.amount,
-            self.currency,
-            self.reason
-        ]);
+        let canonical = serde_json::json!([self.user_id.as_str(), self.amount, self.currency, self.reason]);
         let digest = Sha256::digest(canonical.to_string().as_bytes());
         digest.iter().map(|b| format!("{b:02x}")).collect()
     }
@@ -138,9 +122,7 @@ const KNOWN_FIELDS: [&str; 5] = ["user_id", "amount", "reason", "currency", "ide
 
 fn parse_amount(value: Option<&Value>) -> Result<i64, ApiError> {
     // Floats, strings and integers beyond i64 all fail `as_i64`.
-    let amount = value
-        .and_then(Value::as_i64)
-        .ok_or(ApiError::InvalidAmount)?;
+    let amount = value.and_then(Value::as_i64).ok_or(ApiError::InvalidAmount)?;
     if amount == 0 {
         Err(ApiError::AmountMustBeNonzero)
     } else if amount.unsigned_abs() > MAX_ABS_AMOUNT.unsigned_abs() {
@@ -208,9 +190,7 @@ fn parse_object(body: &[u8]) -> Result<Vec<(String, Value)>, ApiError> {
         }
     }
 
-    serde_json::from_slice::<Fields>(body)
-        .map(|f| f.0)
-        .map_err(|_| ApiError::InvalidJson)
+    serde_json::from_slice::<Fields>(body).map(|f| f.0).map_err(|_| ApiError::InvalidJson)
 }
 
 #[cfg(test)]
@@ -235,79 +215,34 @@ mod tests {
         assert_eq!(parse_include_empty(&[]), Ok(false));
         assert_eq!(parse_include_empty(&["1"]), Ok(true));
         assert_eq!(parse_include_empty(&["false"]), Ok(false));
-        assert_eq!(
-            parse_include_empty(&["yes"]),
-            Err(ApiError::InvalidIncludeEmpty)
-        );
-        assert_eq!(
-            parse_include_empty(&["true", "false"]),
-            Err(ApiError::InvalidIncludeEmpty)
-        );
+        assert_eq!(parse_include_empty(&["yes"]), Err(ApiError::InvalidIncludeEmpty));
+        assert_eq!(parse_include_empty(&["true", "false"]), Err(ApiError::InvalidIncludeEmpty));
     }
 
     #[test]
     fn body_validation_table() {
         let ok = r#"{"user_id":"user_1","amount":5,"reason":"  ZD-1 goodwill  "}"#;
         let adj = parse(ok).unwrap();
-        assert_eq!(
-            (adj.amount, adj.reason.as_str(), adj.currency.as_str()),
-            (5, "ZD-1 goodwill", "CRD")
-        );
+        assert_eq!((adj.amount, adj.reason.as_str(), adj.currency.as_str()), (5, "ZD-1 goodwill", "CRD"));
         let cases = [
             ("[]", ApiError::InvalidJson),
             ("nope", ApiError::InvalidJson),
             ("", ApiError::InvalidJson),
-            (
-                r#"{"user_id":"u","amount":1,"amount":2,"reason":"abc"}"#,
-                ApiError::InvalidJson,
-            ),
-            (
-                r#"{"user_id":"u","amount":1,"reason":"abc","x":1}"#,
-                ApiError::UnknownField("x".into()),
-            ),
+            (r#"{"user_id":"u","amount":1,"amount":2,"reason":"abc"}"#, ApiError::InvalidJson),
+            (r#"{"user_id":"u","amount":1,"reason":"abc","x":1}"#, ApiError::UnknownField("x".into())),
             (r#"{"amount":1,"reason":"abc"}"#, ApiError::InvalidUserId),
-            (
-                r#"{"user_id":7,"amount":1,"reason":"abc"}"#,
-                ApiError::InvalidUserId,
-            ),
-            (
-                r#"{"user_id":"u","amount":0,"reason":"abc"}"#,
-                ApiError::AmountMustBeNonzero,
-            ),
-            (
-                r#"{"user_id":"u","amount":1.5,"reason":"abc"}"#,
-                ApiError::InvalidAmount,
-            ),
-            (
-                r#"{"user_id":"u","amount":"5","reason":"abc"}"#,
-                ApiError::InvalidAmount,
-            ),
+            (r#"{"user_id":7,"amount":1,"reason":"abc"}"#, ApiError::InvalidUserId),
+            (r#"{"user_id":"u","amount":0,"reason":"abc"}"#, ApiError::AmountMustBeNonzero),
+            (r#"{"user_id":"u","amount":1.5,"reason":"abc"}"#, ApiError::InvalidAmount),
+            (r#"{"user_id":"u","amount":"5","reason":"abc"}"#, ApiError::InvalidAmount),
             (r#"{"user_id":"u","reason":"abc"}"#, ApiError::InvalidAmount),
-            (
-                r#"{"user_id":"u","amount":1000000001,"reason":"abc"}"#,
-                ApiError::InvalidAmount,
-            ),
-            (
-                r#"{"user_id":"u","amount":-1000000001,"reason":"abc"}"#,
-                ApiError::InvalidAmount,
-            ),
-            (
-                r#"{"user_id":"u","amount":99999999999999999999999,"reason":"abc"}"#,
-                ApiError::InvalidAmount,
-            ),
-            (
-                r#"{"user_id":"u","amount":1,"reason":"  ab  "}"#,
-                ApiError::InvalidReason,
-            ),
+            (r#"{"user_id":"u","amount":1000000001,"reason":"abc"}"#, ApiError::InvalidAmount),
+            (r#"{"user_id":"u","amount":-1000000001,"reason":"abc"}"#, ApiError::InvalidAmount),
+            (r#"{"user_id":"u","amount":99999999999999999999999,"reason":"abc"}"#, ApiError::InvalidAmount),
+            (r#"{"user_id":"u","amount":1,"reason":"  ab  "}"#, ApiError::InvalidReason),
             (r#"{"user_id":"u","amount":1}"#, ApiError::InvalidReason),
-            (
-                r#"{"user_id":"u","amount":1,"reason":"abc","currency":"no-dash"}"#,
-                ApiError::UnknownCurrency,
-            ),
-            (
-                r#"{"user_id":"u","amount":1,"reason":"abc","currency":5}"#,
-                ApiError::UnknownCurrency,
-            ),
+            (r#"{"user_id":"u","amount":1,"reason":"abc","currency":"no-dash"}"#, ApiError::UnknownCurrency),
+            (r#"{"user_id":"u","amount":1,"reason":"abc","currency":5}"#, ApiError::UnknownCurrency),
             (
                 r#"{"user_id":"u","amount":1,"reason":"abc","idempotency_key":""}"#,
                 ApiError::InvalidIdempotencyKey,
@@ -316,50 +251,25 @@ mod tests {
         for (body, expected) in cases {
             assert_eq!(parse(body), Err(expected), "{body}");
         }
-        let long_reason = format!(
-            r#"{{"user_id":"u","amount":1,"reason":"{}"}}"#,
-            "é".repeat(500)
-        );
+        let long_reason = format!(r#"{{"user_id":"u","amount":1,"reason":"{}"}}"#, "é".repeat(500));
         assert!(parse(&long_reason).is_ok(), "500 scalar values is allowed");
-        let too_long = format!(
-            r#"{{"user_id":"u","amount":1,"reason":"{}"}}"#,
-            "é".repeat(501)
-        );
+        let too_long = format!(r#"{{"user_id":"u","amount":1,"reason":"{}"}}"#, "é".repeat(501));
         assert_eq!(parse(&too_long), Err(ApiError::InvalidReason));
     }
 
     #[test]
     fn header_and_body_keys_must_agree() {
         let body = br#"{"user_id":"u","amount":1,"reason":"abc","idempotency_key":"k1"}"#;
-        assert_eq!(
-            Adjustment::parse(body, Some("k1"))
-                .unwrap()
-                .idempotency_key
-                .as_deref(),
-            Some("k1")
-        );
-        assert_eq!(
-            Adjustment::parse(body, Some("k2")),
-            Err(ApiError::InvalidIdempotencyKey)
-        );
+        assert_eq!(Adjustment::parse(body, Some("k1")).unwrap().idempotency_key.as_deref(), Some("k1"));
+        assert_eq!(Adjustment::parse(body, Some("k2")), Err(ApiError::InvalidIdempotencyKey));
         let no_key = br#"{"user_id":"u","amount":1,"reason":"abc"}"#;
-        assert_eq!(
-            Adjustment::parse(no_key, Some("k3"))
-                .unwrap()
-                .idempotency_key
-                .as_deref(),
-            Some("k3")
-        );
-        assert_eq!(
-            Adjustment::parse(no_key, Some(&"k".repeat(201))),
-            Err(ApiError::InvalidIdempotencyKey)
-        );
+        assert_eq!(Adjustment::parse(no_key, Some("k3")).unwrap().idempotency_key.as_deref(), Some("k3"));
+        assert_eq!(Adjustment::parse(no_key, Some(&"k".repeat(201))), Err(ApiError::InvalidIdempotencyKey));
     }
 
     #[test]
     fn fingerprint_ignores_the_key_but_not_the_reason() {
-        let a =
-            parse(r#"{"user_id":"u","amount":1,"reason":"abc","idempotency_key":"k"}"#).unwrap();
+        let a = parse(r#"{"user_id":"u","amount":1,"reason":"abc","idempotency_key":"k"}"#).unwrap();
         let b = parse(r#"{"user_id":"u","amount":1,"reason":"abc"}"#).unwrap();
         let c = parse(r#"{"user_id":"u","amount":1,"reason":"abd"}"#).unwrap();
         assert_eq!(a.fingerprint(), b.fingerprint());

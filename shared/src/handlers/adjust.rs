@@ -1,19 +1,26 @@
-//! `POST /admin/credits/adjust`: one RevenueCat transaction, then the
-//! `usage.changed` envelope.
+//! `POST /admin/credits/adjust`: claim the adjustment, send one RevenueCat
+//! transaction, then record the answer and post the `usage.changed` envelope.
 
-use std::time::{Instant, SystemTime};
+use std::time::{Duration, Instant, SystemTime};
 
 use async_trait::async_trait;
-use http::{header, Method, Response};
+use http::{header, HeaderValue, Method, Response};
 use lambda_http::Body;
 use serde::{Deserialize, Serialize};
 
 use crate::app::App;
+use crate::clock;
 use crate::config::Function;
 use crate::domain::{Adjustment, ApiError, UsageChanged};
 use crate::http::{json_ok, ApiRequest, Endpoint};
-use crate::ports::Transaction;
+use crate::ports::{ClaimOutcome, NewClaim, PendingClaim, RcError, Transaction};
 use crate::secrets::AdminSecret;
+
+/// Idempotency records and queued envelopes are kept this long (spec §6).
+pub const RECORD_TTL: Duration = Duration::from_secs(7 * 24 * 3600);
+/// A claim's lease outlives the invocation that holds it by this much, so a
+/// retry never takes over from an attempt that may still be running.
+pub const LEASE_MARGIN_MS: u64 = 2_000;
 
 pub struct AdjustCredits;
 
@@ -49,57 +56,181 @@ impl Endpoint for AdjustCredits {
         adjustment: Adjustment,
         request: &ApiRequest,
     ) -> Result<Response<Body>, ApiError> {
-        let transaction = Transaction {
+        let audit = Audit { request, adjustment: &adjustment };
+        let new_claim = new_claim(&adjustment, request.deadline_ms + LEASE_MARGIN_MS);
+        let (claim, recorded) = match app.idempotency.claim(&new_claim, clock::now_ms()).await {
+            Ok(ClaimOutcome::Claimed(claim)) => (claim, true),
+            Ok(ClaimOutcome::Completed { response }) => {
+                audit.log("replayed", None);
+                return replay(&response);
+            }
+            Ok(ClaimOutcome::InProgress { lease_until_ms }) => {
+                audit.log("in_progress", None);
+                let wait = Duration::from_millis(lease_until_ms.saturating_sub(clock::now_ms()));
+                return Err(ApiError::IdempotencyKeyInProgress { retry_after: wait });
+            }
+            Ok(ClaimOutcome::FingerprintMismatch) => {
+                audit.log("idempotency_key_reused", None);
+                return Err(ApiError::IdempotencyKeyReused);
+            }
+            Err(error) if adjustment.idempotency_key.is_some() => {
+                tracing::error!(%error, "idempotency store unavailable; refusing a keyed adjustment");
+                audit.log("idempotency_store_unavailable", None);
+                return Err(ApiError::IdempotencyStoreUnavailable);
+            }
+            Err(error) => {
+                // Without a client key there is nothing to deduplicate against,
+                // and admin work must not stop: apply without a record.
+                tracing::error!(%error, "idempotency store unavailable; applying an unkeyed adjustment without a record");
+                (pending_from(new_claim), false)
+            }
+        };
+        let started = Instant::now();
+        let outcome = settle(app, secret, &claim, recorded).await;
+        let latency = Some(started.elapsed());
+        match outcome {
+            Ok(result) => {
+                audit.log("applied", latency);
+                Ok(json_ok(&result))
+            }
+            Err(error) => {
+                audit.log(&outcome_label(&error), latency);
+                Err(error.into())
+            }
+        }
+    }
+}
+
+/// Sends a claimed transaction and records what happened. Shared by live
+/// requests and reconciliation so both settle an adjustment the same way:
+/// - applied → the 200 body is stored for replays and the envelope delivered
+///   (or queued in the outbox when the gateway does not take it);
+/// - definitely rejected → the claim is released so a retry may run;
+/// - outcome unknown → the claim stays, to be settled once its lease lapses.
+pub(crate) async fn settle(
+    app: &App,
+    secret: &AdminSecret,
+    claim: &PendingClaim,
+    recorded: bool,
+) -> Result<AdjustResult, RcError> {
+    let transaction = &claim.transaction;
+    let balances = match app.revenuecat.create_transaction(&secret.revenuecat, transaction).await {
+        Ok(balances) => balances,
+        Err(error) => {
+            if recorded && !matches!(error, RcError::OutcomeUnknown { .. }) {
+                if let Err(store_error) = app.idempotency.release(&claim.record_key).await {
+                    // The lease will lapse and reconciliation will find RevenueCat rejects it again.
+                    tracing::error!(record = %claim.record_key, %store_error, "could not release a rejected claim");
+                }
+            }
+            return Err(error);
+        }
+    };
+    // A currency deducted to zero may be missing from the list.
+    let balance = balances.iter().find(|b| b.currency_code == transaction.currency).map_or(0, |b| b.balance);
+    let mut result = AdjustResult {
+        user_id: transaction.customer_id.clone(),
+        currency: transaction.currency.clone(),
+        amount: transaction.amount,
+        balance,
+        idempotency_key: claim.client_key.clone(),
+        replayed: false,
+        notified: false,
+    };
+    let envelope = UsageChanged::new(
+        claim.envelope_id.clone(),
+        &transaction.customer_id,
+        &transaction.currency,
+        balance,
+        transaction.amount,
+        SystemTime::now(),
+    );
+    // Stored with `notified: false`: a replay sends no envelope.
+    let stored = serde_json::to_string(&result).expect("results serialise");
+    let record = async {
+        if recorded {
+            if let Err(error) = app.idempotency.complete(&claim.record_key, &stored).await {
+                // Reconciliation will re-send the same transaction (RevenueCat
+                // replays it) and store the answer then.
+                tracing::error!(record = %claim.record_key, %error, "could not record a completed adjustment");
+            }
+        }
+    };
+    let ((), notified) = tokio::join!(record, deliver(app, secret, &envelope));
+    result.notified = notified;
+    Ok(result)
+}
+
+/// Posts the envelope; on failure queues it for reconciliation. `true` when
+/// the gateway accepted it now.
+pub(crate) async fn deliver(app: &App, secret: &AdminSecret, envelope: &UsageChanged) -> bool {
+    match app.notifier.notify(secret.admin_token(), envelope).await {
+        Ok(()) => true,
+        Err(error) => {
+            tracing::warn!(envelope_id = %envelope.envelope_id, %error, "usage.changed not delivered; queueing it");
+            let expires_at = clock::now_secs() + RECORD_TTL.as_secs();
+            if let Err(store_error) = app.outbox.enqueue(envelope, expires_at).await {
+                tracing::error!(
+                    envelope = %serde_json::to_string(envelope).unwrap_or_default(),
+                    %store_error,
+                    "usage.changed could not be queued either"
+                );
+            }
+            false
+        }
+    }
+}
+
+fn new_claim(adjustment: &Adjustment, lease_until_ms: u64) -> NewClaim {
+    let record_key = match &adjustment.idempotency_key {
+        Some(key) => format!("client#{key}"),
+        None => format!("auto#{}", uuid::Uuid::new_v4()),
+    };
+    NewClaim {
+        record_key,
+        client_key: adjustment.idempotency_key.clone(),
+        fingerprint: adjustment.fingerprint(),
+        transaction: Transaction {
             customer_id: adjustment.user_id.to_string(),
             currency: adjustment.currency.clone(),
             amount: adjustment.amount,
             reference: adjustment.reason.clone(),
+            // Fresh per claim; every retry of this claim re-sends it (spec §6).
             idempotency_key: uuid::Uuid::new_v4().to_string(),
-        };
-        let started = Instant::now();
-        let outcome = app
-            .revenuecat
-            .create_transaction(&secret.revenuecat, &transaction)
-            .await;
-        let rc_latency_ms = started.elapsed().as_millis() as u64;
-        let balances = match outcome {
-            Ok(balances) => balances,
-            Err(error) => {
-                audit(request, &adjustment, error.kind(), rc_latency_ms);
-                return Err(error.into());
-            }
-        };
-        // A currency deducted to zero may be absent from the list (§5 of the notes).
-        let balance = balances
-            .iter()
-            .find(|b| b.currency_code == adjustment.currency)
-            .map_or(0, |b| b.balance);
-        audit(request, &adjustment, "applied", rc_latency_ms);
+        },
+        envelope_id: uuid::Uuid::new_v4().to_string(),
+        lease_until_ms,
+        expires_at: clock::now_secs() + RECORD_TTL.as_secs(),
+    }
+}
 
-        let envelope = UsageChanged::new(
-            uuid::Uuid::new_v4().to_string(),
-            adjustment.user_id.as_str(),
-            &adjustment.currency,
-            balance,
-            adjustment.amount,
-            SystemTime::now(),
-        );
-        let notified = match app.notifier.notify(secret.admin_token(), &envelope).await {
-            Ok(()) => true,
-            Err(error) => {
-                tracing::warn!(envelope_id = %envelope.envelope_id, %error, "usage.changed not delivered");
-                false
-            }
-        };
-        Ok(json_ok(&AdjustResult {
-            user_id: adjustment.user_id.to_string(),
-            currency: adjustment.currency,
-            amount: adjustment.amount,
-            balance,
-            idempotency_key: adjustment.idempotency_key,
-            replayed: false,
-            notified,
-        }))
+fn pending_from(claim: NewClaim) -> PendingClaim {
+    PendingClaim {
+        record_key: claim.record_key,
+        client_key: claim.client_key,
+        transaction: claim.transaction,
+        envelope_id: claim.envelope_id,
+        lease_until_ms: claim.lease_until_ms,
+        attempts: 1,
+    }
+}
+
+fn replay(stored: &str) -> Result<Response<Body>, ApiError> {
+    let mut result: AdjustResult = serde_json::from_str(stored).map_err(|_| {
+        tracing::error!("a completed idempotency record holds an unreadable response");
+        ApiError::IdempotencyStoreUnavailable
+    })?;
+    result.replayed = true;
+    result.notified = false;
+    let mut response = json_ok(&result);
+    response.headers_mut().insert("idempotent-replayed", HeaderValue::from_static("true"));
+    Ok(response)
+}
+
+fn outcome_label(error: &RcError) -> String {
+    match error {
+        RcError::OutcomeUnknown { kind } => format!("outcome_unknown:{kind}"),
+        other => format!("rejected:{}", other.kind()),
     }
 }
 
@@ -107,31 +238,32 @@ impl Endpoint for AdjustCredits {
 /// explicit non-JSON type is refused rather than silently reinterpreted).
 fn is_json_or_unspecified(content_type: Option<&str>) -> bool {
     content_type.is_none_or(|ct| {
-        let essence = ct
-            .split(';')
-            .next()
-            .unwrap_or_default()
-            .trim()
-            .to_ascii_lowercase();
-        essence == "application/json"
-            || (essence.starts_with("application/") && essence.ends_with("+json"))
+        let essence = ct.split(';').next().unwrap_or_default().trim().to_ascii_lowercase();
+        essence == "application/json" || (essence.starts_with("application/") && essence.ends_with("+json"))
     })
 }
 
-/// The audit line (spec §10): who/what/why and how it ended. Never a token.
-fn audit(request: &ApiRequest, adjustment: &Adjustment, outcome: &str, rc_latency_ms: u64) {
-    tracing::info!(
-        target: "audit",
-        request_id = %request.request_id,
-        user_id = %adjustment.user_id,
-        amount = adjustment.amount,
-        currency = %adjustment.currency,
-        reason = %adjustment.reason,
-        idempotency_key = adjustment.idempotency_key.as_deref().unwrap_or(""),
-        outcome,
-        rc_latency_ms,
-        "adjustment"
-    );
+/// The audit line (spec §10): who asked for what, why, and how it ended.
+struct Audit<'a> {
+    request: &'a ApiRequest,
+    adjustment: &'a Adjustment,
+}
+
+impl Audit<'_> {
+    fn log(&self, outcome: &str, rc_latency: Option<Duration>) {
+        tracing::info!(
+            target: "audit",
+            request_id = %self.request.request_id,
+            user_id = %self.adjustment.user_id,
+            amount = self.adjustment.amount,
+            currency = %self.adjustment.currency,
+            reason = %self.adjustment.reason,
+            idempotency_key = self.adjustment.idempotency_key.as_deref().unwrap_or(""),
+            outcome,
+            rc_latency_ms = rc_latency.map(|d| d.as_millis() as u64),
+            "adjustment"
+        );
+    }
 }
 
 #[cfg(test)]
@@ -141,13 +273,9 @@ mod tests {
     #[test]
     fn content_types() {
         assert!(is_json_or_unspecified(None));
-        assert!(is_json_or_unspecified(Some(
-            "application/json; charset=utf-8"
-        )));
+        assert!(is_json_or_unspecified(Some("application/json; charset=utf-8")));
         assert!(is_json_or_unspecified(Some("Application/JSON")));
-        assert!(!is_json_or_unspecified(Some(
-            "application/x-www-form-urlencoded"
-        )));
+        assert!(!is_json_or_unspecified(Some("application/x-www-form-urlencoded")));
         assert!(!is_json_or_unspecified(Some("text/plain")));
     }
 }

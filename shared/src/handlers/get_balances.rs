@@ -42,10 +42,7 @@ impl Endpoint for GetBalances {
     fn validate(request: &ApiRequest) -> Result<BalanceQuery, ApiError> {
         let user_id = UserId::parse(request.path_param("user_id").unwrap_or_default())?;
         let include_empty = parse_include_empty(&request.query_values("include_empty"))?;
-        Ok(BalanceQuery {
-            user_id,
-            include_empty,
-        })
+        Ok(BalanceQuery { user_id, include_empty })
     }
 
     async fn execute(
@@ -54,14 +51,8 @@ impl Endpoint for GetBalances {
         query: BalanceQuery,
         _: &ApiRequest,
     ) -> Result<Response<Body>, ApiError> {
-        let balances = app
-            .revenuecat
-            .balances(
-                &secret.revenuecat,
-                query.user_id.as_str(),
-                query.include_empty,
-            )
-            .await?;
+        let balances =
+            app.revenuecat.balances(&secret.revenuecat, query.user_id.as_str(), query.include_empty).await?;
         let items = balances
             .into_iter()
             // RevenueCat already omits zeros without `include_empty_balances`;
@@ -73,9 +64,6 @@ impl Endpoint for GetBalances {
                 balance: b.balance,
             })
             .collect();
-        Ok(json_ok(&BalanceList {
-            user_id: query.user_id,
-            items,
-        }))
+        Ok(json_ok(&BalanceList { user_id: query.user_id, items }))
     }
 }
