@@ -77,13 +77,8 @@ impl GatewayState {
 impl GatewayStandIn {
     /// `None` accepts any bearer token (one must still be sent); `Some` requires that token.
     pub fn new(expected_bearer: Option<String>) -> Self {
-        let state = GatewayState {
-            expected_bearer,
-            ..GatewayState::default()
-        };
-        Self {
-            state: Arc::new(Mutex::new(state)),
-        }
+        let state = GatewayState { expected_bearer, ..GatewayState::default() };
+        Self { state: Arc::new(Mutex::new(state)) }
     }
 
     pub fn set_expected_bearer(&self, bearer: Option<String>) {
@@ -142,10 +137,7 @@ impl GatewayStandIn {
     /// Serves on `addr`.
     pub async fn start_on(&self, addr: SocketAddr) -> io::Result<SandboxServer> {
         let gateway = self.clone();
-        server::serve(addr, "", move |request, connection| {
-            gateway.clone().handle(request, connection)
-        })
-        .await
+        server::serve(addr, "", move |request, connection| gateway.clone().handle(request, connection)).await
     }
 
     async fn handle(self, request: Request<Body>, connection: Connection) -> Response {
@@ -171,8 +163,7 @@ impl GatewayStandIn {
             None => Duration::ZERO,
             Some(GatewayFault::Delay(delay)) => delay,
             Some(GatewayFault::Status(status)) => {
-                let status =
-                    StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+                let status = StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
                 return error(status, "injected fault");
             }
             Some(GatewayFault::CloseConnection) => return connection.close_without_answer().await,
@@ -185,9 +176,7 @@ impl GatewayStandIn {
             }
             gateway.process(&parts.headers, &body)
         });
-        processing
-            .await
-            .unwrap_or_else(|_| error(StatusCode::INTERNAL_SERVER_ERROR, "gateway panicked"))
+        processing.await.unwrap_or_else(|_| error(StatusCode::INTERNAL_SERVER_ERROR, "gateway panicked"))
     }
 
     /// Checks the bearer, parses the envelope and records it.
@@ -205,11 +194,7 @@ impl GatewayStandIn {
             return error(StatusCode::BAD_REQUEST, "body is not valid JSON");
         };
         let duplicate = state.accept(envelope);
-        (
-            StatusCode::ACCEPTED,
-            Json(json!({ "accepted": true, "duplicate": duplicate })),
-        )
-            .into_response()
+        (StatusCode::ACCEPTED, Json(json!({ "accepted": true, "duplicate": duplicate }))).into_response()
     }
 
     fn lock(&self) -> MutexGuard<'_, GatewayState> {

@@ -43,12 +43,7 @@ pub struct Currency {
 impl Currency {
     /// A currency without description or product grants.
     pub fn new(code: &str, name: &str) -> Self {
-        Self {
-            code: code.to_owned(),
-            name: name.to_owned(),
-            description: None,
-            grants: Vec::new(),
-        }
+        Self { code: code.to_owned(), name: name.to_owned(), description: None, grants: Vec::new() }
     }
 }
 
@@ -81,12 +76,7 @@ pub enum Fault {
     /// Answer `status` with a RevenueCat error object of type `error_type` (§8). `backoff_ms`
     /// is sent only when `retryable`; a 429 also gets `Retry-After` =
     /// ceil(backoff_ms / 1000), 1 s by default (§9).
-    Status {
-        status: u16,
-        error_type: String,
-        retryable: bool,
-        backoff_ms: Option<u64>,
-    },
+    Status { status: u16, error_type: String, retryable: bool, backoff_ms: Option<u64> },
     /// Sleep, then process and answer normally. A transaction holds its Idempotency-Key
     /// while sleeping, so a concurrent duplicate gets 423.
     Delay(Duration),
@@ -139,9 +129,7 @@ impl RevenueCatSandbox {
             rate_windows: HashMap::new(),
             page_limit_cap: None,
         };
-        Self {
-            state: Arc::new(Mutex::new(state)),
-        }
+        Self { state: Arc::new(Mutex::new(state)) }
     }
 
     /// Project `proj1ab2c3d4` (key `sk_sandbox_demo`) with currency `CRD` and customer
@@ -171,10 +159,7 @@ impl RevenueCatSandbox {
     /// Adds a currency, or replaces the one with the same code.
     pub fn add_currency(&self, currency: Currency) {
         let code = currency.code.clone();
-        let stored = StoredCurrency {
-            currency,
-            created_at: now_ms(),
-        };
+        let stored = StoredCurrency { currency, created_at: now_ms() };
         self.lock().currencies.insert(code, stored);
     }
 
@@ -186,10 +171,7 @@ impl RevenueCatSandbox {
     /// Sets a balance directly, creating the customer if missing. Only codes of project
     /// currencies show up in balance lists.
     pub fn set_balance(&self, customer: &str, code: &str, balance: i64) {
-        self.lock()
-            .customer_entry(customer)
-            .balances
-            .insert(code.to_owned(), balance);
+        self.lock().customer_entry(customer).balances.insert(code.to_owned(), balance);
     }
 
     /// `None` if the customer does not exist; 0 for a currency it never held.
@@ -207,12 +189,7 @@ impl RevenueCatSandbox {
     /// Only the transactions that changed balances. Idempotent replays are not counted again.
     pub fn applied_transactions(&self) -> Vec<RecordedTransaction> {
         let state = self.lock();
-        state
-            .transactions
-            .iter()
-            .filter(|t| t.applied)
-            .cloned()
-            .collect()
+        state.transactions.iter().filter(|t| t.applied).cloned().collect()
     }
 
     /// Requests received on `route`, faulted and rejected ones included.
@@ -233,11 +210,7 @@ impl RevenueCatSandbox {
             );
         }
         if times > 0 {
-            self.lock().faults.push_back(ArmedFault {
-                route,
-                fault,
-                remaining: times,
-            });
+            self.lock().faults.push_back(ArmedFault { route, fault, remaining: times });
         }
     }
 
@@ -283,10 +256,7 @@ impl State {
     fn customer_entry(&mut self, id: &str) -> &mut StoredCustomer {
         self.customers
             .entry(id.to_owned())
-            .or_insert_with(|| StoredCustomer {
-                first_seen_at: now_ms(),
-                balances: BTreeMap::new(),
-            })
+            .or_insert_with(|| StoredCustomer { first_seen_at: now_ms(), balances: BTreeMap::new() })
     }
 
     /// Takes one use of the first queued fault that matches `route`.
@@ -310,21 +280,13 @@ impl State {
 
     /// Counts a request against its rate-limit domain's current one-minute window (§9).
     fn rate_usage(&mut self, domain: RateDomain) -> RateUsage {
-        let window = self.rate_windows.entry(domain).or_insert(RateWindow {
-            started: Instant::now(),
-            used: 0,
-        });
+        let window =
+            self.rate_windows.entry(domain).or_insert(RateWindow { started: Instant::now(), used: 0 });
         if window.started.elapsed() >= Duration::from_secs(60) {
-            *window = RateWindow {
-                started: Instant::now(),
-                used: 0,
-            };
+            *window = RateWindow { started: Instant::now(), used: 0 };
         }
         window.used += 1;
-        RateUsage {
-            used: window.used,
-            limit: domain.limit_per_minute(),
-        }
+        RateUsage { used: window.used, limit: domain.limit_per_minute() }
     }
 }
 
@@ -384,8 +346,6 @@ struct RateUsage {
 }
 
 fn now_ms() -> u64 {
-    let since_epoch = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap_or_default();
+    let since_epoch = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default();
     u64::try_from(since_epoch.as_millis()).unwrap_or(u64::MAX)
 }

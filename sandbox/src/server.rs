@@ -86,11 +86,7 @@ where
     let listener = TcpListener::bind(addr).await?;
     let addr = listener.local_addr()?;
     let accept_task = tokio::spawn(accept_loop(listener, handler));
-    Ok(SandboxServer {
-        addr,
-        base_path,
-        accept_task,
-    })
+    Ok(SandboxServer { addr, base_path, accept_task })
 }
 
 async fn accept_loop<H, F>(listener: TcpListener, handler: H)

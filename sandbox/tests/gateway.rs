@@ -18,11 +18,7 @@ impl Gateway {
     async fn start(expected_bearer: Option<&str>) -> Self {
         let stand_in = GatewayStandIn::new(expected_bearer.map(str::to_owned));
         let server = stand_in.start().await.expect("gateway starts");
-        Self {
-            stand_in,
-            server,
-            client: reqwest::Client::new(),
-        }
+        Self { stand_in, server, client: reqwest::Client::new() }
     }
 
     fn control(&self) -> String {
@@ -30,10 +26,7 @@ impl Gateway {
     }
 
     fn post(&self, envelope: &Value) -> RequestBuilder {
-        self.client
-            .post(self.control())
-            .bearer_auth(TOKEN)
-            .json(envelope)
+        self.client.post(self.control()).bearer_auth(TOKEN).json(envelope)
     }
 }
 
@@ -50,10 +43,7 @@ async fn send(request: RequestBuilder) -> (StatusCode, Value) {
 #[tokio::test]
 async fn base_url_has_no_path() {
     let gateway = Gateway::start(None).await;
-    assert_eq!(
-        gateway.server.base_url(),
-        format!("http://{}", gateway.server.addr())
-    );
+    assert_eq!(gateway.server.base_url(), format!("http://{}", gateway.server.addr()));
 }
 
 #[tokio::test]
@@ -76,51 +66,28 @@ async fn records_envelopes_and_flags_duplicates() {
 #[tokio::test]
 async fn checks_the_bearer() {
     let gateway = Gateway::start(Some(TOKEN)).await;
-    let wrong = gateway
-        .client
-        .post(gateway.control())
-        .bearer_auth("nope")
-        .json(&envelope("e1"));
+    let wrong = gateway.client.post(gateway.control()).bearer_auth("nope").json(&envelope("e1"));
     assert_eq!(send(wrong).await.0, StatusCode::UNAUTHORIZED);
     let missing = gateway.client.post(gateway.control()).json(&envelope("e1"));
     assert_eq!(send(missing).await.0, StatusCode::UNAUTHORIZED);
     assert!(gateway.stand_in.envelopes().is_empty());
 
     gateway.stand_in.set_expected_bearer(None);
-    let any = gateway
-        .client
-        .post(gateway.control())
-        .bearer_auth("whatever")
-        .json(&envelope("e1"));
+    let any = gateway.client.post(gateway.control()).bearer_auth("whatever").json(&envelope("e1"));
     assert_eq!(send(any).await.0, StatusCode::ACCEPTED);
     let missing = gateway.client.post(gateway.control()).json(&envelope("e2"));
-    assert_eq!(
-        send(missing).await.0,
-        StatusCode::UNAUTHORIZED,
-        "a bearer is still required"
-    );
+    assert_eq!(send(missing).await.0, StatusCode::UNAUTHORIZED, "a bearer is still required");
     assert_eq!(gateway.stand_in.attempts(), 4);
 }
 
 #[tokio::test]
 async fn rejects_invalid_json_and_unknown_routes() {
     let gateway = Gateway::start(None).await;
-    let garbage = gateway
-        .client
-        .post(gateway.control())
-        .bearer_auth(TOKEN)
-        .body("{not json");
+    let garbage = gateway.client.post(gateway.control()).bearer_auth(TOKEN).body("{not json");
     assert_eq!(send(garbage).await.0, StatusCode::BAD_REQUEST);
 
     let elsewhere = format!("{}/internal/other", gateway.server.base_url());
-    let (status, _) = send(
-        gateway
-            .client
-            .post(elsewhere)
-            .bearer_auth(TOKEN)
-            .json(&envelope("e1")),
-    )
-    .await;
+    let (status, _) = send(gateway.client.post(elsewhere).bearer_auth(TOKEN).json(&envelope("e1"))).await;
     assert_eq!(status, StatusCode::NOT_FOUND);
     let (status, _) = send(gateway.client.get(gateway.control()).bearer_auth(TOKEN)).await;
     assert_eq!(status, StatusCode::NOT_FOUND);
@@ -133,15 +100,9 @@ async fn rejects_invalid_json_and_unknown_routes() {
 async fn answers_503_while_down() {
     let gateway = Gateway::start(None).await;
     gateway.stand_in.set_down(true);
-    assert_eq!(
-        send(gateway.post(&envelope("e1"))).await.0,
-        StatusCode::SERVICE_UNAVAILABLE
-    );
+    assert_eq!(send(gateway.post(&envelope("e1"))).await.0, StatusCode::SERVICE_UNAVAILABLE);
     gateway.stand_in.set_down(false);
-    assert_eq!(
-        send(gateway.post(&envelope("e1"))).await.0,
-        StatusCode::ACCEPTED
-    );
+    assert_eq!(send(gateway.post(&envelope("e1"))).await.0, StatusCode::ACCEPTED);
     assert_eq!(gateway.stand_in.unique_envelope_ids(), ["e1"]);
     assert_eq!(gateway.stand_in.attempts(), 2);
 }
@@ -163,9 +124,7 @@ async fn status_fault_for_n_calls() {
 #[tokio::test]
 async fn delay_fault_answers_after_the_delay() {
     let gateway = Gateway::start(None).await;
-    gateway
-        .stand_in
-        .inject(GatewayFault::Delay(Duration::from_millis(300)), 1);
+    gateway.stand_in.inject(GatewayFault::Delay(Duration::from_millis(300)), 1);
     let started = Instant::now();
     let (status, _) = send(gateway.post(&envelope("e1"))).await;
     assert!(started.elapsed() >= Duration::from_millis(300));
@@ -175,15 +134,8 @@ async fn delay_fault_answers_after_the_delay() {
 #[tokio::test]
 async fn delayed_envelope_is_recorded_even_if_the_caller_gave_up() {
     let gateway = Gateway::start(None).await;
-    gateway
-        .stand_in
-        .inject(GatewayFault::Delay(Duration::from_millis(300)), 1);
-    let error = gateway
-        .post(&envelope("e1"))
-        .timeout(Duration::from_millis(100))
-        .send()
-        .await
-        .unwrap_err();
+    gateway.stand_in.inject(GatewayFault::Delay(Duration::from_millis(300)), 1);
+    let error = gateway.post(&envelope("e1")).timeout(Duration::from_millis(100)).send().await.unwrap_err();
     assert!(error.is_timeout());
     // The caller retries at once; the retry is accepted before the delayed original.
     let (_, body) = send(gateway.post(&envelope("e1"))).await;
@@ -197,17 +149,9 @@ async fn delayed_envelope_is_recorded_even_if_the_caller_gave_up() {
 async fn close_connection_fault_drops_the_connection() {
     let gateway = Gateway::start(None).await;
     gateway.stand_in.inject(GatewayFault::CloseConnection, 1);
-    let error = gateway
-        .post(&envelope("e1"))
-        .timeout(Duration::from_secs(5))
-        .send()
-        .await
-        .unwrap_err();
+    let error = gateway.post(&envelope("e1")).timeout(Duration::from_secs(5)).send().await.unwrap_err();
     assert!(!error.is_timeout(), "closed, not timed out: {error:?}");
     assert!(gateway.stand_in.envelopes().is_empty());
-    assert_eq!(
-        send(gateway.post(&envelope("e1"))).await.0,
-        StatusCode::ACCEPTED
-    );
+    assert_eq!(send(gateway.post(&envelope("e1"))).await.0, StatusCode::ACCEPTED);
     assert_eq!(gateway.stand_in.attempts(), 2);
 }

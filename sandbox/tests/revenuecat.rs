@@ -25,11 +25,7 @@ impl Api {
 
     async fn start(sandbox: RevenueCatSandbox) -> Self {
         let server = sandbox.start().await.expect("sandbox starts");
-        Self {
-            sandbox,
-            server,
-            client: reqwest::Client::new(),
-        }
+        Self { sandbox, server, client: reqwest::Client::new() }
     }
 
     /// `http://127.0.0.1:PORT`, the origin absolute URLs in responses start with.
@@ -51,10 +47,7 @@ impl Api {
     }
 
     fn transaction(&self, body: &Value, key: Option<&str>) -> RequestBuilder {
-        let request = self.post(
-            &format!("/customers/{CUSTOMER}/virtual_currencies/transactions"),
-            body,
-        );
+        let request = self.post(&format!("/customers/{CUSTOMER}/virtual_currencies/transactions"), body);
         match key {
             Some(key) => request.header("Idempotency-Key", key),
             None => request,
@@ -106,9 +99,7 @@ async fn lists_the_demo_currency_in_the_spec_shape() {
     assert_eq!(headers["revenuecat-rate-limit-current-limit"], "60");
     assert!(headers.contains_key("x-request-id"));
     let body: Value = response.json().await.unwrap();
-    let created_at = body["items"][0]["created_at"]
-        .as_u64()
-        .expect("ms timestamp");
+    let created_at = body["items"][0]["created_at"].as_u64().expect("ms timestamp");
     assert_eq!(
         body,
         json!({
@@ -151,10 +142,8 @@ async fn pages_currencies_by_code() {
     let (status, first) = send(api.get("/virtual_currencies?limit=2")).await;
     assert_eq!(status, StatusCode::OK);
     assert_eq!(codes(&first, "code"), ["AAA", "CRD"]);
-    let next = format!(
-        "{}/v2/projects/{PROJECT}/virtual_currencies?starting_after=CRD&limit=2",
-        api.origin()
-    );
+    let next =
+        format!("{}/v2/projects/{PROJECT}/virtual_currencies?starting_after=CRD&limit=2", api.origin());
     assert_eq!(first["next_page"], json!(next));
 
     let (_, second) = send(api.client.get(&next).bearer_auth(KEY)).await;
@@ -169,16 +158,10 @@ async fn pages_currencies_by_code() {
 async fn default_page_holds_twenty() {
     let api = Api::start(RevenueCatSandbox::new(PROJECT, KEY)).await;
     let many: Vec<String> = (0..25).map(|i| format!("C{i:02}")).collect();
-    add_currencies(
-        &api.sandbox,
-        &many.iter().map(String::as_str).collect::<Vec<_>>(),
-    );
+    add_currencies(&api.sandbox, &many.iter().map(String::as_str).collect::<Vec<_>>());
     let (_, page) = send(api.get("/virtual_currencies")).await;
     assert_eq!(page["items"].as_array().unwrap().len(), 20);
-    assert!(page["next_page"]
-        .as_str()
-        .unwrap()
-        .ends_with("?starting_after=C19&limit=20"));
+    assert!(page["next_page"].as_str().unwrap().ends_with("?starting_after=C19&limit=20"));
 }
 
 #[tokio::test]
@@ -188,10 +171,7 @@ async fn page_limit_cap_forces_pagination() {
     api.sandbox.set_page_limit_cap(1);
     let (_, page) = send(api.get("/virtual_currencies?limit=100")).await;
     assert_eq!(codes(&page, "code"), ["AAA"]);
-    assert!(page["next_page"]
-        .as_str()
-        .unwrap()
-        .ends_with("?starting_after=AAA&limit=1"));
+    assert!(page["next_page"].as_str().unwrap().ends_with("?starting_after=AAA&limit=1"));
 }
 
 #[tokio::test]
@@ -213,10 +193,7 @@ async fn gets_a_customer_in_the_spec_shape() {
     let (status, body) = send(api.get(&format!("/customers/{CUSTOMER}"))).await;
     assert_eq!(status, StatusCode::OK);
     let first_seen_at = body["first_seen_at"].as_u64().expect("ms timestamp");
-    let customer_url = format!(
-        "{}/v2/projects/{PROJECT}/customers/{CUSTOMER}",
-        api.origin()
-    );
+    let customer_url = format!("{}/v2/projects/{PROJECT}/customers/{CUSTOMER}", api.origin());
     assert_eq!(
         body,
         json!({
@@ -282,17 +259,10 @@ async fn creates_customers_once() {
     assert_eq!(status, StatusCode::BAD_REQUEST);
     assert_eq!(body["param"], "id");
 
-    let plain_text = api
-        .client
-        .post(api.url("/customers"))
-        .bearer_auth(KEY)
-        .body(r#"{"id":"user_x"}"#);
+    let plain_text = api.client.post(api.url("/customers")).bearer_auth(KEY).body(r#"{"id":"user_x"}"#);
     let (status, body) = send(plain_text).await;
     assert_eq!(status, StatusCode::BAD_REQUEST);
-    assert_eq!(
-        body,
-        error_body("invalid_request", "Content-Type not application/json")
-    );
+    assert_eq!(body, error_body("invalid_request", "Content-Type not application/json"));
 }
 
 // ---------- balances (§4) ----------
@@ -300,10 +270,8 @@ async fn creates_customers_once() {
 #[tokio::test]
 async fn omits_empty_balances_unless_asked() {
     let api = Api::demo().await;
-    api.sandbox.add_currency(Currency {
-        description: Some("Shiny".to_owned()),
-        ..Currency::new("GEM", "Gems")
-    });
+    api.sandbox
+        .add_currency(Currency { description: Some("Shiny".to_owned()), ..Currency::new("GEM", "Gems") });
     let path = format!("/customers/{CUSTOMER}/virtual_currencies");
 
     let (status, body) = send(api.get(&path)).await;
@@ -380,10 +348,7 @@ async fn applies_a_transaction_and_lists_balances() {
     let body = json!({"adjustments": {"CRD": -20, "GEM": 5}, "reference": "ZD-1"});
     let response = api.transaction(&body, None).send().await.unwrap();
     assert_eq!(response.status(), StatusCode::OK);
-    assert_eq!(
-        response.headers()["revenuecat-rate-limit-current-limit"],
-        "480"
-    );
+    assert_eq!(response.headers()["revenuecat-rate-limit-current-limit"], "480");
     let list: Value = response.json().await.unwrap();
     assert_eq!(list["object"], "list");
     assert_eq!(list["next_page"], Value::Null);
@@ -411,9 +376,7 @@ async fn deducting_to_zero_drops_the_balance_unless_include_empty() {
 
     api.sandbox.set_balance(CUSTOMER, "CRD", 120);
     let request = api.post(
-        &format!(
-            "/customers/{CUSTOMER}/virtual_currencies/transactions?include_empty_balances=true"
-        ),
+        &format!("/customers/{CUSTOMER}/virtual_currencies/transactions?include_empty_balances=true"),
         &body,
     );
     let (_, list) = send(request).await;
@@ -477,10 +440,8 @@ async fn unknown_currency_is_resource_missing_on_adjustments() {
 #[tokio::test]
 async fn transaction_for_unknown_customer_is_resource_missing() {
     let api = Api::demo().await;
-    let request = api.post(
-        "/customers/nobody/virtual_currencies/transactions",
-        &json!({"adjustments": {"CRD": 1}}),
-    );
+    let request =
+        api.post("/customers/nobody/virtual_currencies/transactions", &json!({"adjustments": {"CRD": 1}}));
     let (status, body) = send(request).await;
     assert_eq!(status, StatusCode::NOT_FOUND);
     assert_eq!(body, error_body("resource_missing", "Resource not found"));
@@ -496,10 +457,7 @@ async fn rejects_malformed_transaction_bodies() {
         (json!({"adjustments": {"CRD": "5"}}), Some("adjustments")),
         (json!({"adjustments": {}}), Some("adjustments")),
         (json!({"reference": "no adjustments"}), Some("adjustments")),
-        (
-            json!({"adjustments": {"CRD": 1}, "reason": "x"}),
-            Some("reason"),
-        ),
+        (json!({"adjustments": {"CRD": 1}, "reason": "x"}), Some("reason")),
         (json!([1, 2]), None),
     ];
     for (body, param) in cases {
@@ -510,9 +468,7 @@ async fn rejects_malformed_transaction_bodies() {
     }
     let not_json = api
         .client
-        .post(api.url(&format!(
-            "/customers/{CUSTOMER}/virtual_currencies/transactions"
-        )))
+        .post(api.url(&format!("/customers/{CUSTOMER}/virtual_currencies/transactions")))
         .bearer_auth(KEY)
         .header(CONTENT_TYPE, "application/json")
         .body("{");
@@ -522,9 +478,7 @@ async fn rejects_malformed_transaction_bodies() {
 
     let no_content_type = api
         .client
-        .post(api.url(&format!(
-            "/customers/{CUSTOMER}/virtual_currencies/transactions"
-        )))
+        .post(api.url(&format!("/customers/{CUSTOMER}/virtual_currencies/transactions")))
         .bearer_auth(KEY)
         .body(r#"{"adjustments":{"CRD":1}}"#);
     let (status, error) = send(no_content_type).await;
@@ -545,10 +499,7 @@ async fn concurrent_deductions_never_overdraw() {
     });
     let statuses = futures_join_all(requests).await;
     let ok = statuses.iter().filter(|s| **s == StatusCode::OK).count();
-    let refused = statuses
-        .iter()
-        .filter(|s| **s == StatusCode::UNPROCESSABLE_ENTITY)
-        .count();
+    let refused = statuses.iter().filter(|s| **s == StatusCode::UNPROCESSABLE_ENTITY).count();
     assert_eq!((ok, refused), (120, 80));
     assert_eq!(api.sandbox.balance(CUSTOMER, "CRD"), Some(0));
     assert_eq!(api.sandbox.applied_transactions().len(), 120);
@@ -583,9 +534,7 @@ async fn replays_the_same_request_without_reapplying() {
     // Same request, different JSON spelling.
     let respelled = api
         .client
-        .post(api.url(&format!(
-            "/customers/{CUSTOMER}/virtual_currencies/transactions"
-        )))
+        .post(api.url(&format!("/customers/{CUSTOMER}/virtual_currencies/transactions")))
         .bearer_auth(KEY)
         .header(CONTENT_TYPE, "application/json")
         .header("Idempotency-Key", key)
@@ -621,18 +570,14 @@ async fn reusing_a_key_for_another_request_is_409() {
     let key = "k-1";
     let (status, _) = send(api.transaction(&json!({"adjustments": {"CRD": -1}}), Some(key))).await;
     assert_eq!(status, StatusCode::OK);
-    for other in [
-        json!({"adjustments": {"CRD": -2}}),
-        json!({"adjustments": {"CRD": -1}, "reference": "different"}),
-    ] {
+    for other in
+        [json!({"adjustments": {"CRD": -2}}), json!({"adjustments": {"CRD": -1}, "reference": "different"})]
+    {
         let (status, body) = send(api.transaction(&other, Some(key))).await;
         assert_eq!(status, StatusCode::CONFLICT);
         assert_eq!(
             body,
-            error_body(
-                "idempotency_error",
-                "Idempotency key already used for a different request"
-            )
+            error_body("idempotency_error", "Idempotency key already used for a different request")
         );
     }
     assert_eq!(api.sandbox.balance(CUSTOMER, "CRD"), Some(119));
@@ -641,11 +586,7 @@ async fn reusing_a_key_for_another_request_is_409() {
 #[tokio::test]
 async fn duplicate_in_flight_is_423_then_replayed() {
     let api = Api::demo().await;
-    api.sandbox.inject(
-        Route::Transaction,
-        Fault::Delay(Duration::from_millis(400)),
-        1,
-    );
+    api.sandbox.inject(Route::Transaction, Fault::Delay(Duration::from_millis(400)), 1);
     let body = json!({"adjustments": {"CRD": -10}});
     let first = tokio::spawn(api.transaction(&body, Some("k-slow")).send());
     tokio::time::sleep(Duration::from_millis(100)).await;
@@ -664,8 +605,7 @@ async fn duplicate_in_flight_is_423_then_replayed() {
         })
     );
     // A different body under the same in-flight key is a conflict, not a lock.
-    let (status, _) =
-        send(api.transaction(&json!({"adjustments": {"CRD": -11}}), Some("k-slow"))).await;
+    let (status, _) = send(api.transaction(&json!({"adjustments": {"CRD": -11}}), Some("k-slow"))).await;
     assert_eq!(status, StatusCode::CONFLICT);
 
     let first = first.await.unwrap().unwrap();
@@ -698,19 +638,10 @@ async fn missing_or_wrong_key_is_401() {
 #[tokio::test]
 async fn another_project_is_403() {
     let api = Api::demo().await;
-    let url = format!(
-        "{}/projects/projOTHER/virtual_currencies",
-        api.server.base_url()
-    );
+    let url = format!("{}/projects/projOTHER/virtual_currencies", api.server.base_url());
     let (status, body) = send(api.client.get(url).bearer_auth(KEY)).await;
     assert_eq!(status, StatusCode::FORBIDDEN);
-    assert_eq!(
-        body,
-        error_body(
-            "authorization_error",
-            "You're not authorized to access this resource"
-        )
-    );
+    assert_eq!(body, error_body("authorization_error", "You're not authorized to access this resource"));
 }
 
 #[tokio::test]
@@ -746,9 +677,7 @@ async fn status_fault_answers_an_error_object_for_n_calls() {
         let response = api.get("/virtual_currencies").send().await.unwrap();
         assert_eq!(response.status(), StatusCode::TOO_MANY_REQUESTS);
         assert_eq!(response.headers()["retry-after"], "3");
-        assert!(response
-            .headers()
-            .contains_key("revenuecat-rate-limit-current-usage"));
+        assert!(response.headers().contains_key("revenuecat-rate-limit-current-usage"));
         let body: Value = response.json().await.unwrap();
         assert_eq!(
             body,
@@ -772,28 +701,19 @@ async fn status_fault_defaults() {
     let api = Api::demo().await;
     let fault = |status, retryable, backoff_ms| Fault::Status {
         status,
-        error_type: if status == 429 {
-            "rate_limit_error"
-        } else {
-            "server_error"
-        }
-        .to_owned(),
+        error_type: if status == 429 { "rate_limit_error" } else { "server_error" }.to_owned(),
         retryable,
         backoff_ms,
     };
     api.sandbox.inject(Route::Any, fault(429, true, None), 1);
-    api.sandbox
-        .inject(Route::Any, fault(500, false, Some(1000)), 1);
+    api.sandbox.inject(Route::Any, fault(500, false, Some(1000)), 1);
     api.sandbox.inject(Route::Any, fault(503, true, None), 1);
 
     let response = api.get("/virtual_currencies").send().await.unwrap();
     assert_eq!(response.headers()["retry-after"], "1");
     let (status, body) = send(api.get("/virtual_currencies")).await;
     assert_eq!(status, StatusCode::INTERNAL_SERVER_ERROR);
-    assert!(
-        body.get("backoff_ms").is_none(),
-        "only for retryable errors"
-    );
+    assert!(body.get("backoff_ms").is_none(), "only for retryable errors");
     let response = api.get("/virtual_currencies").send().await.unwrap();
     assert!(!response.headers().contains_key("retry-after"));
     let body: Value = response.json().await.unwrap();
@@ -832,8 +752,7 @@ async fn faults_only_hit_their_route_and_run_in_order() {
 #[tokio::test]
 async fn delay_fault_answers_normally_after_the_delay() {
     let api = Api::demo().await;
-    api.sandbox
-        .inject(Route::Balances, Fault::Delay(Duration::from_millis(300)), 1);
+    api.sandbox.inject(Route::Balances, Fault::Delay(Duration::from_millis(300)), 1);
     let started = Instant::now();
     let (status, body) = send(api.get(&format!("/customers/{CUSTOMER}/virtual_currencies"))).await;
     assert!(started.elapsed() >= Duration::from_millis(300));
@@ -844,14 +763,9 @@ async fn delay_fault_answers_normally_after_the_delay() {
 #[tokio::test]
 async fn delayed_transaction_is_applied_even_if_the_caller_gave_up() {
     let api = Api::demo().await;
-    api.sandbox.inject(
-        Route::Transaction,
-        Fault::Delay(Duration::from_millis(300)),
-        1,
-    );
-    let request = api
-        .transaction(&json!({"adjustments": {"CRD": -20}}), None)
-        .timeout(Duration::from_millis(100));
+    api.sandbox.inject(Route::Transaction, Fault::Delay(Duration::from_millis(300)), 1);
+    let request =
+        api.transaction(&json!({"adjustments": {"CRD": -20}}), None).timeout(Duration::from_millis(100));
     let error = request.send().await.unwrap_err();
     assert!(error.is_timeout());
     assert_eq!(api.sandbox.balance(CUSTOMER, "CRD"), Some(120), "not yet");
@@ -863,11 +777,7 @@ async fn delayed_transaction_is_applied_even_if_the_caller_gave_up() {
 #[tokio::test]
 async fn apply_then_delay_applies_before_the_caller_times_out() {
     let api = Api::demo().await;
-    api.sandbox.inject(
-        Route::Transaction,
-        Fault::ApplyThenDelay(Duration::from_millis(500)),
-        1,
-    );
+    api.sandbox.inject(Route::Transaction, Fault::ApplyThenDelay(Duration::from_millis(500)), 1);
     let body = json!({"adjustments": {"CRD": -20}});
     let error = api
         .transaction(&body, Some("k-timeout"))
@@ -876,11 +786,7 @@ async fn apply_then_delay_applies_before_the_caller_times_out() {
         .await
         .unwrap_err();
     assert!(error.is_timeout());
-    assert_eq!(
-        api.sandbox.balance(CUSTOMER, "CRD"),
-        Some(100),
-        "already applied"
-    );
+    assert_eq!(api.sandbox.balance(CUSTOMER, "CRD"), Some(100), "already applied");
 
     // The retry arrives while the first request still holds the key.
     let (status, _) = send(api.transaction(&body, Some("k-timeout"))).await;
@@ -898,8 +804,7 @@ async fn apply_then_delay_applies_before_the_caller_times_out() {
 #[tokio::test]
 async fn invalid_json_fault() {
     let api = Api::demo().await;
-    api.sandbox
-        .inject(Route::ListCurrencies, Fault::InvalidJson, 1);
+    api.sandbox.inject(Route::ListCurrencies, Fault::InvalidJson, 1);
     let response = api.get("/virtual_currencies").send().await.unwrap();
     assert_eq!(response.status(), StatusCode::OK);
     assert_eq!(response.text().await.unwrap(), "not json{");
@@ -924,8 +829,7 @@ async fn hang_fault_never_answers() {
 #[tokio::test]
 async fn close_connection_fault_drops_the_connection() {
     let api = Api::demo().await;
-    api.sandbox
-        .inject(Route::Transaction, Fault::CloseConnection, 1);
+    api.sandbox.inject(Route::Transaction, Fault::CloseConnection, 1);
     let error = api
         .transaction(&json!({"adjustments": {"CRD": -1}}), None)
         .timeout(Duration::from_secs(5))

@@ -48,7 +48,10 @@ fn gateway_response(origin: &RequestOrigin, response: Response<Body>) -> Value {
     let (parts, body) = response.into_parts();
     let mut headers = BTreeMap::<String, Vec<String>>::new();
     for (name, value) in &parts.headers {
-        headers.entry(name.as_str().to_owned()).or_default().push(String::from_utf8_lossy(value.as_bytes()).into());
+        headers
+            .entry(name.as_str().to_owned())
+            .or_default()
+            .push(String::from_utf8_lossy(value.as_bytes()).into());
     }
     let joined: BTreeMap<&String, String> = headers.iter().map(|(k, v)| (k, v.join(", "))).collect();
     let body = match body {

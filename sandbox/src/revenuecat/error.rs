@@ -44,29 +44,17 @@ impl ApiError {
 
     /// 401 for a missing or wrong bearer token (§1, §8).
     pub(super) fn invalid_api_key() -> Self {
-        Self::new(
-            StatusCode::UNAUTHORIZED,
-            "authentication_error",
-            "Invalid API key",
-        )
+        Self::new(StatusCode::UNAUTHORIZED, "authentication_error", "Invalid API key")
     }
 
     /// 403 for a project the key does not belong to (§8, §13).
     pub(super) fn not_authorized() -> Self {
-        Self::new(
-            StatusCode::FORBIDDEN,
-            "authorization_error",
-            default_message("authorization_error"),
-        )
+        Self::new(StatusCode::FORBIDDEN, "authorization_error", default_message("authorization_error"))
     }
 
     /// 404 with S1's generic example (§4).
     pub(super) fn not_found() -> Self {
-        Self::new(
-            StatusCode::NOT_FOUND,
-            "resource_missing",
-            "Resource not found",
-        )
+        Self::new(StatusCode::NOT_FOUND, "resource_missing", "Resource not found")
     }
 
     /// 400 `invalid_request`: wrong Content-Type or wrong method (§8 table).
@@ -81,11 +69,7 @@ impl ApiError {
 
     /// 422 `unprocessable_entity_error` (§5: insufficient balance, balance above the cap).
     pub(super) fn unprocessable(message: impl Into<String>) -> Self {
-        Self::new(
-            StatusCode::UNPROCESSABLE_ENTITY,
-            "unprocessable_entity_error",
-            message,
-        )
+        Self::new(StatusCode::UNPROCESSABLE_ENTITY, "unprocessable_entity_error", message)
     }
 
     /// 409 `resource_already_exists` (§7, creating a customer that exists).
@@ -104,31 +88,18 @@ impl ApiError {
 
     /// 423 `resource_locked_error`, S1's `Locked` example verbatim (§5).
     pub(super) fn locked() -> Self {
-        Self::new(
-            StatusCode::LOCKED,
-            "resource_locked_error",
-            default_message("resource_locked_error"),
-        )
-        .retryable(Some(DEFAULT_BACKOFF_MS))
+        Self::new(StatusCode::LOCKED, "resource_locked_error", default_message("resource_locked_error"))
+            .retryable(Some(DEFAULT_BACKOFF_MS))
     }
 
     /// 500 when the sandbox itself failed (a panicked request task).
     pub(super) fn internal() -> Self {
-        Self::new(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            "server_error",
-            default_message("server_error"),
-        )
-        .retryable(Some(DEFAULT_BACKOFF_MS))
+        Self::new(StatusCode::INTERNAL_SERVER_ERROR, "server_error", default_message("server_error"))
+            .retryable(Some(DEFAULT_BACKOFF_MS))
     }
 
     /// An injected `Fault::Status`. The message is the §8 example for the type.
-    pub(super) fn injected(
-        status: StatusCode,
-        kind: &str,
-        retryable: bool,
-        backoff_ms: Option<u64>,
-    ) -> Self {
+    pub(super) fn injected(status: StatusCode, kind: &str, retryable: bool, backoff_ms: Option<u64>) -> Self {
         let error = Self::new(status, kind, default_message(kind));
         if retryable {
             error.retryable(backoff_ms)
@@ -171,9 +142,7 @@ impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let mut response = (self.status, Json(self.body())).into_response();
         if let Some(seconds) = self.retry_after_seconds() {
-            response
-                .headers_mut()
-                .insert(header::RETRY_AFTER, HeaderValue::from(seconds));
+            response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(seconds));
         }
         response
     }
@@ -191,9 +160,7 @@ fn default_message(kind: &str) -> &'static str {
         "idempotency_error" => "Idempotency key already used for a different request",
         "unprocessable_entity_error" => "Unprocessable entity",
         "store_error" => "There was a problem with the store",
-        "resource_locked_error" => {
-            "The resource is currently being modified by a concurrent request"
-        }
+        "resource_locked_error" => "The resource is currently being modified by a concurrent request",
         "rate_limit_error" => "Rate limit exceeded",
         _ => "There was an internal server error",
     }

@@ -14,9 +14,7 @@ use serde_json::Value;
 
 use super::error::ApiError;
 use super::routes::{self, encode, Endpoint, Target, API_PREFIX};
-use super::transaction::{
-    adjusted_balances, record_of, Claim, Fingerprint, StoredResponse, TransactionBody,
-};
+use super::transaction::{adjusted_balances, record_of, Claim, Fingerprint, StoredResponse, TransactionBody};
 use super::wire::{self, List, VirtualCurrency, VirtualCurrencyBalance};
 use super::{Fault, RateDomain, RateUsage, RevenueCatSandbox, StoredCurrency};
 use crate::server::Connection;
@@ -46,11 +44,7 @@ struct Incoming {
 impl Incoming {
     /// `http://<Host>`, for the absolute `url` / `next_page` real responses carry (§2 [O]).
     fn origin(&self) -> String {
-        let host = self
-            .headers
-            .get(header::HOST)
-            .and_then(|host| host.to_str().ok())
-            .unwrap_or("127.0.0.1");
+        let host = self.headers.get(header::HOST).and_then(|host| host.to_str().ok()).unwrap_or("127.0.0.1");
         format!("http://{host}")
     }
 
@@ -113,12 +107,7 @@ impl RevenueCatSandbox {
             self.lock().count_request(Some(target.route()));
             return ApiError::invalid_request("Request body could not be read").into_response();
         };
-        let incoming = Incoming {
-            target,
-            uri: parts.uri,
-            headers: parts.headers,
-            body,
-        };
+        let incoming = Incoming { target, uri: parts.uri, headers: parts.headers, body };
         let admission = self.admit(&incoming);
         let usage = admission.usage;
         let mut response = self.respond(incoming, admission, connection).await;
@@ -141,48 +130,25 @@ impl RevenueCatSandbox {
         let record = match &incoming.target.endpoint {
             Endpoint::Transaction { customer_id } => {
                 let key = idempotency_key(&incoming.headers);
-                state
-                    .transactions
-                    .push(record_of(customer_id, &incoming.body, key));
+                state.transactions.push(record_of(customer_id, &incoming.body, key));
                 Some(state.transactions.len() - 1)
             }
             _ => None,
         };
-        Admission {
-            fault: state.take_fault(route),
-            usage,
-            record,
-        }
+        Admission { fault: state.take_fault(route), usage, record }
     }
 
-    async fn respond(
-        &self,
-        incoming: Incoming,
-        admission: Admission,
-        connection: Connection,
-    ) -> Response {
+    async fn respond(&self, incoming: Incoming, admission: Admission, connection: Connection) -> Response {
         let record = admission.record;
         let timing = match admission.fault {
             None => Timing::default(),
-            Some(Fault::Delay(before)) => Timing {
-                before,
-                ..Timing::default()
-            },
-            Some(Fault::ApplyThenDelay(after)) => Timing {
-                after,
-                ..Timing::default()
-            },
+            Some(Fault::Delay(before)) => Timing { before, ..Timing::default() },
+            Some(Fault::ApplyThenDelay(after)) => Timing { after, ..Timing::default() },
             Some(Fault::Hang) => return std::future::pending().await,
             Some(Fault::CloseConnection) => return connection.close_without_answer().await,
             Some(Fault::InvalidJson) => return self.finish(record, invalid_json()),
-            Some(Fault::Status {
-                status,
-                error_type,
-                retryable,
-                backoff_ms,
-            }) => {
-                let status =
-                    StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+            Some(Fault::Status { status, error_type, retryable, backoff_ms }) => {
+                let status = StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
                 let error = ApiError::injected(status, &error_type, retryable, backoff_ms);
                 return self.finish(record, error.into_response());
             }
@@ -192,15 +158,11 @@ impl RevenueCatSandbox {
         // transaction is still applied after the caller has given up.
         let sandbox = self.clone();
         let processing = tokio::spawn(async move {
-            let response = sandbox
-                .process(incoming, record, timing)
-                .await
-                .unwrap_or_else(IntoResponse::into_response);
+            let response =
+                sandbox.process(incoming, record, timing).await.unwrap_or_else(IntoResponse::into_response);
             sandbox.finish(record, response)
         });
-        processing
-            .await
-            .unwrap_or_else(|_| ApiError::internal().into_response())
+        processing.await.unwrap_or_else(|_| ApiError::internal().into_response())
     }
 
     /// Notes the answered status in the transaction log.
@@ -222,20 +184,15 @@ impl RevenueCatSandbox {
             Endpoint::ListCurrencies => timing.around(|| self.list_currencies(&incoming)).await,
             Endpoint::CreateCustomer => timing.around(|| self.create_customer(&incoming)).await,
             Endpoint::GetCustomer { customer_id } => {
-                timing
-                    .around(|| self.get_customer(&incoming, customer_id))
-                    .await
+                timing.around(|| self.get_customer(&incoming, customer_id)).await
             }
             Endpoint::Balances { customer_id } => {
-                timing
-                    .around(|| self.list_balances(&incoming, customer_id))
-                    .await
+                timing.around(|| self.list_balances(&incoming, customer_id)).await
             }
             // A transaction sleeps while holding its Idempotency-Key, so it applies the
             // timing itself.
             Endpoint::Transaction { customer_id } => {
-                self.create_transaction(&incoming, customer_id, record, timing)
-                    .await
+                self.create_transaction(&incoming, customer_id, record, timing).await
             }
         }
     }
@@ -260,28 +217,20 @@ impl RevenueCatSandbox {
         let items = state
             .currencies
             .values()
-            .map(|stored| {
-                VirtualCurrency::new(&state.project_id, &stored.currency, stored.created_at)
-            })
+            .map(|stored| VirtualCurrency::new(&state.project_id, &stored.currency, stored.created_at))
             .collect();
         let url = format!(
             "{}{API_PREFIX}/projects/{}/virtual_currencies",
             incoming.origin(),
             encode(&state.project_id)
         );
-        Ok(json(
-            StatusCode::OK,
-            &page.cut(items, VirtualCurrency::code, url),
-        ))
+        Ok(json(StatusCode::OK, &page.cut(items, VirtualCurrency::code, url)))
     }
 
     /// `GET /projects/{pid}/customers/{cid}` (§7).
     fn get_customer(&self, incoming: &Incoming, customer_id: &str) -> Result<Response, ApiError> {
         let state = self.lock();
-        let customer = state
-            .customers
-            .get(customer_id)
-            .ok_or_else(ApiError::not_found)?;
+        let customer = state.customers.get(customer_id).ok_or_else(ApiError::not_found)?;
         let entitlements_url = format!(
             "{}/active_entitlements",
             customer_url(&incoming.origin(), &state.project_id, customer_id)
@@ -298,9 +247,7 @@ impl RevenueCatSandbox {
         let mut state = self.lock();
         if state.customers.contains_key(&id) {
             // §7 [I]/[T]: 409 `resource_already_exists`.
-            return Err(ApiError::already_exists(format!(
-                "Customer '{id}' already exists"
-            )));
+            return Err(ApiError::already_exists(format!("Customer '{id}' already exists")));
         }
         let first_seen_at = state.customer_entry(&id).first_seen_at;
         let body = wire::Customer::new(&state.project_id, &id, first_seen_at);
@@ -314,10 +261,7 @@ impl RevenueCatSandbox {
         let state = self.lock();
         let page = Page::from_query(&query, state.page_limit_cap)?;
         // §4 [I]: an unknown customer is 404 `resource_missing` with S1's generic body.
-        let customer = state
-            .customers
-            .get(customer_id)
-            .ok_or_else(ApiError::not_found)?;
+        let customer = state.customers.get(customer_id).ok_or_else(ApiError::not_found)?;
         let items = balance_items(&state.currencies, &customer.balances, include_empty);
         let url = balances_url(&incoming.origin(), &state.project_id, customer_id);
         let list = page.cut(items, VirtualCurrencyBalance::currency_code, url);
@@ -335,10 +279,7 @@ impl RevenueCatSandbox {
         require_json(&incoming.headers)?;
         let body = TransactionBody::parse(&incoming.body)?;
         let include_empty = include_empty_balances(&incoming.query()?)?;
-        let request = Fingerprint {
-            customer_id: customer_id.to_owned(),
-            body,
-        };
+        let request = Fingerprint { customer_id: customer_id.to_owned(), body };
         let key = idempotency_key(&incoming.headers);
         if let Some(key) = &key {
             let claim = self.lock().claim_idempotency_key(key, &request);
@@ -351,12 +292,10 @@ impl RevenueCatSandbox {
         }
         pause(timing.before).await;
         let url = balances_url(&incoming.origin(), &incoming.target.project_id, customer_id);
-        let outcome =
-            StoredResponse::new(self.apply_transaction(&request, include_empty, record, url));
+        let outcome = StoredResponse::new(self.apply_transaction(&request, include_empty, record, url));
         pause(timing.after).await;
         if let Some(key) = key {
-            self.lock()
-                .complete_idempotency_key(key, request, outcome.clone());
+            self.lock().complete_idempotency_key(key, request, outcome.clone());
         }
         Ok(outcome.into_response())
     }
@@ -372,15 +311,8 @@ impl RevenueCatSandbox {
         let mut guard = self.lock();
         let state = &mut *guard;
         // §5 table [I]: transactions do not create customers.
-        let customer = state
-            .customers
-            .get_mut(&request.customer_id)
-            .ok_or_else(ApiError::not_found)?;
-        let updated = adjusted_balances(
-            &state.currencies,
-            &customer.balances,
-            &request.body.adjustments,
-        )?;
+        let customer = state.customers.get_mut(&request.customer_id).ok_or_else(ApiError::not_found)?;
+        let updated = adjusted_balances(&state.currencies, &customer.balances, &request.body.adjustments)?;
         customer.balances.extend(updated);
         if let Some(index) = record {
             state.transactions[index].applied = true;
@@ -400,12 +332,13 @@ struct Page {
 
 impl Page {
     fn from_query(query: &HashMap<String, String>, cap: Option<usize>) -> Result<Self, ApiError> {
-        let limit = match query.get("limit") {
-            None => DEFAULT_PAGE_LIMIT,
-            Some(raw) => raw.parse().ok().filter(|limit| *limit > 0).ok_or_else(|| {
-                ApiError::parameter("limit must be a positive integer").with_param("limit")
-            })?,
-        };
+        let limit =
+            match query.get("limit") {
+                None => DEFAULT_PAGE_LIMIT,
+                Some(raw) => raw.parse().ok().filter(|limit| *limit > 0).ok_or_else(|| {
+                    ApiError::parameter("limit must be a positive integer").with_param("limit")
+                })?,
+            };
         Ok(Self {
             limit: cap.map_or(limit, |cap| limit.min(cap)),
             starting_after: query.get("starting_after").cloned(),
@@ -415,19 +348,13 @@ impl Page {
     /// Cuts this page out of `items` (sorted by `key`). `next_page` is absolute, carries the
     /// cursor and `limit` like real responses (§2 [O]), and is null on the last page.
     fn cut<T>(&self, items: Vec<T>, key: impl Fn(&T) -> &str, url: String) -> List<T> {
-        let after_cursor = |item: &T| {
-            self.starting_after
-                .as_deref()
-                .is_none_or(|cursor| key(item) > cursor)
-        };
+        let after_cursor = |item: &T| self.starting_after.as_deref().is_none_or(|cursor| key(item) > cursor);
         let mut rest = items.into_iter().filter(after_cursor).peekable();
         let page: Vec<T> = rest.by_ref().take(self.limit).collect();
         let next_page = match (rest.peek(), page.last()) {
-            (Some(_), Some(last)) => Some(format!(
-                "{url}?starting_after={}&limit={}",
-                encode(key(last)),
-                self.limit
-            )),
+            (Some(_), Some(last)) => {
+                Some(format!("{url}?starting_after={}&limit={}", encode(key(last)), self.limit))
+            }
             _ => None,
         };
         List::new(page, next_page, url)
@@ -445,8 +372,7 @@ fn balance_items(
         .values()
         .filter_map(|stored| {
             let balance = balances.get(&stored.currency.code).copied().unwrap_or(0);
-            (include_empty || balance != 0)
-                .then(|| VirtualCurrencyBalance::new(&stored.currency, balance))
+            (include_empty || balance != 0).then(|| VirtualCurrencyBalance::new(&stored.currency, balance))
         })
         .collect()
 }
@@ -457,30 +383,24 @@ fn include_empty_balances(query: &HashMap<String, String>) -> Result<bool, ApiEr
         None => Ok(false),
         Some(flag) if flag.eq_ignore_ascii_case("true") => Ok(true),
         Some(flag) if flag.eq_ignore_ascii_case("false") => Ok(false),
-        Some(_) => Err(
-            ApiError::parameter("include_empty_balances must be true or false")
-                .with_param("include_empty_balances"),
-        ),
+        Some(_) => Err(ApiError::parameter("include_empty_balances must be true or false")
+            .with_param("include_empty_balances")),
     }
 }
 
 /// §7: `id` is required, 1–1500 characters of `[0-9a-zA-Z_-]`. Other fields (`attributes`)
 /// are accepted and ignored.
 fn new_customer_id(body: &[u8]) -> Result<String, ApiError> {
-    let body: Value = serde_json::from_slice(body)
-        .map_err(|_| ApiError::parameter("Request body is not valid JSON"))?;
+    let body: Value =
+        serde_json::from_slice(body).map_err(|_| ApiError::parameter("Request body is not valid JSON"))?;
     let id = body
         .get("id")
         .and_then(Value::as_str)
         .ok_or_else(|| ApiError::parameter("id is required").with_param("id"))?;
     let valid = (1..=1500).contains(&id.len())
-        && id
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-');
+        && id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-');
     if !valid {
-        return Err(
-            ApiError::parameter("id must be 1-1500 characters of [0-9a-zA-Z_-]").with_param("id"),
-        );
+        return Err(ApiError::parameter("id must be 1-1500 characters of [0-9a-zA-Z_-]").with_param("id"));
     }
     Ok(id.to_owned())
 }
@@ -502,33 +422,22 @@ fn require_json(headers: &HeaderMap) -> Result<(), ApiError> {
     if is_json {
         Ok(())
     } else {
-        Err(ApiError::invalid_request(
-            "Content-Type not application/json",
-        ))
+        Err(ApiError::invalid_request("Content-Type not application/json"))
     }
 }
 
 /// The optional `Idempotency-Key` header (§5). Kept even if it is not valid UTF-8, so a
 /// strange key still deduplicates instead of silently being ignored.
 fn idempotency_key(headers: &HeaderMap) -> Option<String> {
-    headers
-        .get("idempotency-key")
-        .map(|key| String::from_utf8_lossy(key.as_bytes()).into_owned())
+    headers.get("idempotency-key").map(|key| String::from_utf8_lossy(key.as_bytes()).into_owned())
 }
 
 fn customer_url(origin: &str, project_id: &str, customer_id: &str) -> String {
-    format!(
-        "{origin}{API_PREFIX}/projects/{}/customers/{}",
-        encode(project_id),
-        encode(customer_id)
-    )
+    format!("{origin}{API_PREFIX}/projects/{}/customers/{}", encode(project_id), encode(customer_id))
 }
 
 fn balances_url(origin: &str, project_id: &str, customer_id: &str) -> String {
-    format!(
-        "{}/virtual_currencies",
-        customer_url(origin, project_id, customer_id)
-    )
+    format!("{}/virtual_currencies", customer_url(origin, project_id, customer_id))
 }
 
 fn json(status: StatusCode, body: &impl Serialize) -> Response {
@@ -537,10 +446,5 @@ fn json(status: StatusCode, body: &impl Serialize) -> Response {
 
 /// `Fault::InvalidJson`: a 200 that claims JSON but is not.
 fn invalid_json() -> Response {
-    (
-        StatusCode::OK,
-        [(header::CONTENT_TYPE, "application/json")],
-        "not json{",
-    )
-        .into_response()
+    (StatusCode::OK, [(header::CONTENT_TYPE, "application/json")], "not json{").into_response()
 }

@@ -14,11 +14,7 @@ use super::Route;
 pub(super) const API_PREFIX: &str = "/v2";
 
 /// Everything except RFC 3986 unreserved characters, for one path segment or query value.
-const COMPONENT: &AsciiSet = &NON_ALPHANUMERIC
-    .remove(b'-')
-    .remove(b'_')
-    .remove(b'.')
-    .remove(b'~');
+const COMPONENT: &AsciiSet = &NON_ALPHANUMERIC.remove(b'-').remove(b'_').remove(b'.').remove(b'~');
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(super) enum Endpoint {
@@ -55,42 +51,23 @@ pub(super) fn classify(method: &Method, path: &str) -> Result<Target, ApiError> 
     let segments: Vec<&str> = segments.iter().map(String::as_str).collect();
     let customer = |id: &str| id.to_owned();
     let (project_id, endpoint, allowed) = match segments.as_slice() {
-        ["v2", "projects", pid, "virtual_currencies"] => {
-            (pid, Endpoint::ListCurrencies, Method::GET)
-        }
+        ["v2", "projects", pid, "virtual_currencies"] => (pid, Endpoint::ListCurrencies, Method::GET),
         ["v2", "projects", pid, "customers"] => (pid, Endpoint::CreateCustomer, Method::POST),
-        ["v2", "projects", pid, "customers", cid] => (
-            pid,
-            Endpoint::GetCustomer {
-                customer_id: customer(cid),
-            },
-            Method::GET,
-        ),
-        ["v2", "projects", pid, "customers", cid, "virtual_currencies"] => (
-            pid,
-            Endpoint::Balances {
-                customer_id: customer(cid),
-            },
-            Method::GET,
-        ),
-        ["v2", "projects", pid, "customers", cid, "virtual_currencies", "transactions"] => (
-            pid,
-            Endpoint::Transaction {
-                customer_id: customer(cid),
-            },
-            Method::POST,
-        ),
+        ["v2", "projects", pid, "customers", cid] => {
+            (pid, Endpoint::GetCustomer { customer_id: customer(cid) }, Method::GET)
+        }
+        ["v2", "projects", pid, "customers", cid, "virtual_currencies"] => {
+            (pid, Endpoint::Balances { customer_id: customer(cid) }, Method::GET)
+        }
+        ["v2", "projects", pid, "customers", cid, "virtual_currencies", "transactions"] => {
+            (pid, Endpoint::Transaction { customer_id: customer(cid) }, Method::POST)
+        }
         _ => return Err(ApiError::not_found()),
     };
     if *method != allowed {
-        return Err(ApiError::invalid_request(format!(
-            "Method {method} is not allowed on this path"
-        )));
+        return Err(ApiError::invalid_request(format!("Method {method} is not allowed on this path")));
     }
-    Ok(Target {
-        project_id: (*project_id).to_owned(),
-        endpoint,
-    })
+    Ok(Target { project_id: (*project_id).to_owned(), endpoint })
 }
 
 /// Path segments, percent-decoded one by one (§1, §13) so an encoded `/` stays inside its
@@ -102,10 +79,7 @@ fn decoded_segments(path: &str) -> Option<Vec<String>> {
             if segment.is_empty() {
                 return None;
             }
-            percent_decode_str(segment)
-                .decode_utf8()
-                .ok()
-                .map(Cow::into_owned)
+            percent_decode_str(segment).decode_utf8().ok().map(Cow::into_owned)
         })
         .collect()
 }
@@ -121,17 +95,8 @@ mod tests {
 
     #[test]
     fn decodes_each_segment_separately() {
-        let target = classify(
-            &Method::GET,
-            "/v2/projects/p1/customers/%24RCAnonymousID%3Aa%2Fb",
-        )
-        .unwrap();
-        assert_eq!(
-            target.endpoint,
-            Endpoint::GetCustomer {
-                customer_id: "$RCAnonymousID:a/b".to_owned()
-            }
-        );
+        let target = classify(&Method::GET, "/v2/projects/p1/customers/%24RCAnonymousID%3Aa%2Fb").unwrap();
+        assert_eq!(target.endpoint, Endpoint::GetCustomer { customer_id: "$RCAnonymousID:a/b".to_owned() });
     }
 
     #[test]
@@ -140,8 +105,7 @@ mod tests {
         assert_eq!(unknown.status().as_u16(), 404);
         let trailing = classify(&Method::GET, "/v2/projects/p1/virtual_currencies/").unwrap_err();
         assert_eq!(trailing.status().as_u16(), 404);
-        let wrong_method =
-            classify(&Method::POST, "/v2/projects/p1/virtual_currencies").unwrap_err();
+        let wrong_method = classify(&Method::POST, "/v2/projects/p1/virtual_currencies").unwrap_err();
         assert_eq!(wrong_method.status().as_u16(), 400);
     }
 

@@ -31,27 +31,18 @@ impl TransactionBody {
         let Value::Object(mut fields) = value else {
             return Err(ApiError::parameter("Request body must be a JSON object"));
         };
-        if let Some(unknown) = fields
-            .keys()
-            .find(|k| !matches!(k.as_str(), "adjustments" | "reference"))
-        {
-            return Err(
-                ApiError::parameter(format!("Unknown field '{unknown}'")).with_param(unknown)
-            );
+        if let Some(unknown) = fields.keys().find(|k| !matches!(k.as_str(), "adjustments" | "reference")) {
+            return Err(ApiError::parameter(format!("Unknown field '{unknown}'")).with_param(unknown));
         }
         let adjustments = parse_adjustments(fields.remove("adjustments"))?;
         let reference = match fields.remove("reference") {
             None | Some(Value::Null) => None,
             Some(Value::String(reference)) => Some(reference),
             Some(_) => {
-                return Err(ApiError::parameter("reference must be a string or null")
-                    .with_param("reference"))
+                return Err(ApiError::parameter("reference must be a string or null").with_param("reference"))
             }
         };
-        Ok(Self {
-            adjustments,
-            reference,
-        })
+        Ok(Self { adjustments, reference })
     }
 }
 
@@ -77,9 +68,7 @@ fn parse_adjustments(value: Option<Value>) -> Result<BTreeMap<String, i64>, ApiE
         .map(|(code, amount)| match amount.as_i64() {
             Some(0) => Err(invalid(format!("Adjustment for '{code}' must not be zero"))),
             Some(amount) => Ok((code, amount)),
-            None => Err(invalid(format!(
-                "Adjustment for '{code}' must be an integer"
-            ))),
+            None => Err(invalid(format!("Adjustment for '{code}' must be an integer"))),
         })
         .collect()
 }
@@ -96,19 +85,13 @@ pub(super) fn record_of(
         .get("adjustments")
         .and_then(Value::as_object)
         .map(|adjustments| {
-            adjustments
-                .iter()
-                .filter_map(|(code, amount)| Some((code.clone(), amount.as_i64()?)))
-                .collect()
+            adjustments.iter().filter_map(|(code, amount)| Some((code.clone(), amount.as_i64()?))).collect()
         })
         .unwrap_or_default();
     RecordedTransaction {
         customer_id: customer_id.to_owned(),
         adjustments,
-        reference: fields
-            .get("reference")
-            .and_then(Value::as_str)
-            .map(str::to_owned),
+        reference: fields.get("reference").and_then(Value::as_str).map(str::to_owned),
         idempotency_key,
         applied: false,
         status: None,
@@ -136,20 +119,14 @@ impl StoredResponse {
             Ok(list) => (StatusCode::OK, serde_json::to_vec(&list)),
             Err(error) => (error.status(), serde_json::to_vec(&error.body())),
         };
-        Self {
-            status,
-            body: Bytes::from(body.expect("response bodies always serialize")),
-        }
+        Self { status, body: Bytes::from(body.expect("response bodies always serialize")) }
     }
 }
 
 impl IntoResponse for StoredResponse {
     fn into_response(self) -> Response {
         let mut response = (self.status, self.body).into_response();
-        response.headers_mut().insert(
-            header::CONTENT_TYPE,
-            HeaderValue::from_static("application/json"),
-        );
+        response.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
         response
     }
 }
@@ -182,8 +159,7 @@ impl State {
     pub(super) fn claim_idempotency_key(&mut self, key: &str, request: &Fingerprint) -> Claim {
         match self.idempotency.get(key) {
             None => {
-                self.idempotency
-                    .insert(key.to_owned(), IdempotencyEntry::InFlight(request.clone()));
+                self.idempotency.insert(key.to_owned(), IdempotencyEntry::InFlight(request.clone()));
                 Claim::Fresh
             }
             Some(IdempotencyEntry::InFlight(first) | IdempotencyEntry::Done(first, _))
@@ -202,8 +178,7 @@ impl State {
         request: Fingerprint,
         response: StoredResponse,
     ) {
-        self.idempotency
-            .insert(key, IdempotencyEntry::Done(request, response));
+        self.idempotency.insert(key, IdempotencyEntry::Done(request, response));
     }
 }
 
@@ -252,17 +227,9 @@ mod tests {
     #[test]
     fn accepts_a_valid_body() {
         let body = parse(r#"{"adjustments":{"CRD":-5,"GEM":3},"reference":"r1"}"#).unwrap();
-        assert_eq!(
-            body.adjustments,
-            BTreeMap::from([("CRD".to_owned(), -5), ("GEM".to_owned(), 3)])
-        );
+        assert_eq!(body.adjustments, BTreeMap::from([("CRD".to_owned(), -5), ("GEM".to_owned(), 3)]));
         assert_eq!(body.reference.as_deref(), Some("r1"));
-        assert_eq!(
-            parse(r#"{"adjustments":{"CRD":1},"reference":null}"#)
-                .unwrap()
-                .reference,
-            None
-        );
+        assert_eq!(parse(r#"{"adjustments":{"CRD":1},"reference":null}"#).unwrap().reference, None);
     }
 
     #[test]

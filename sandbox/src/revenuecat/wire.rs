@@ -18,12 +18,7 @@ pub(super) struct List<T> {
 
 impl<T> List<T> {
     pub(super) fn new(items: Vec<T>, next_page: Option<String>, url: String) -> Self {
-        Self {
-            object: "list",
-            items,
-            next_page,
-            url,
-        }
+        Self { object: "list", items, next_page, url }
     }
 }
 
@@ -49,11 +44,7 @@ impl VirtualCurrency {
             name: currency.name.clone(),
             created_at,
             description: currency.description.clone(),
-            product_grants: currency
-                .grants
-                .iter()
-                .map(VirtualCurrencyProductGrant::new)
-                .collect(),
+            product_grants: currency.grants.iter().map(VirtualCurrencyProductGrant::new).collect(),
         }
     }
 
