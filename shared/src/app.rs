@@ -66,12 +66,16 @@ impl App {
 
     /// Production wiring from the environment (spec §2).
     pub async fn from_env() -> Arc<Self> {
-        let config = Config::from_env();
         let aws = aws_config::load_from_env().await;
+        Self::from_config(Config::from_env(), &aws)
+    }
+
+    /// Production adapters for `config`, with AWS clients built from `aws`.
+    pub fn from_config(config: Config, aws: &aws_config::SdkConfig) -> Arc<Self> {
         let http = http_client(&config);
         let secrets: Arc<dyn SecretSource> = match &config.admin_secret_id {
             Some(id) => {
-                Arc::new(SecretsManagerSource::new(aws_sdk_secretsmanager::Client::new(&aws), id.clone()))
+                Arc::new(SecretsManagerSource::new(aws_sdk_secretsmanager::Client::new(aws), id.clone()))
             }
             None => {
                 tracing::error!(
@@ -86,7 +90,7 @@ impl App {
             Arc<dyn Outbox>,
         ) = match &config.table_name {
             Some(table) => {
-                let store = Arc::new(DynamoStore::new(aws_sdk_dynamodb::Client::new(&aws), table.clone()));
+                let store = Arc::new(DynamoStore::new(aws_sdk_dynamodb::Client::new(aws), table.clone()));
                 (store.clone(), store.clone(), store)
             }
             None => {
