@@ -60,14 +60,23 @@ pub trait Endpoint: Send + Sync + 'static {
     /// A path pattern such as `/admin/credits/balances/{user_id}`.
     const PATH: &'static str;
     const FUNCTION: Function;
-    type Input: Send;
+    type Input: Send + Sync;
+    /// Work started at the same time as the rate-limit admission, so it costs
+    /// no extra round trip (the adjustment's idempotency claim).
+    type Prepared: Send;
 
     fn validate(request: &ApiRequest) -> Result<Self::Input, ApiError>;
+
+    async fn prepare(app: &App, input: &Self::Input, request: &ApiRequest) -> Self::Prepared;
+
+    /// Undoes `prepare` when the admission was refused.
+    async fn abandon(app: &App, prepared: Self::Prepared);
 
     async fn execute(
         app: &App,
         secret: &AdminSecret,
         input: Self::Input,
+        prepared: Self::Prepared,
         request: &ApiRequest,
     ) -> Result<Response<Body>, ApiError>;
 }
@@ -172,12 +181,16 @@ async fn run_pipeline<E: Endpoint>(app: Arc<App>, request: ApiRequest) -> Respon
             return Err(ApiError::PayloadTooLarge { limit: MAX_BODY_BYTES });
         }
         let input = E::validate(&request)?;
-        let admitted = app.admit(E::FUNCTION, SystemTime::now()).await;
+        // The rate limit decides first (spec §3); overlapping the two calls
+        // only saves time, and a refused request's preparation is undone.
+        let (admitted, prepared) =
+            tokio::join!(app.admit(E::FUNCTION, SystemTime::now()), E::prepare(&app, &input, &request));
         admission = Some(admitted);
         if let Admission::Refused { reset_after, .. } = admitted {
+            E::abandon(&app, prepared).await;
             return Err(ApiError::RateLimited { retry_after: reset_after });
         }
-        E::execute(&app, &secret, input, &request).await
+        E::execute(&app, &secret, input, prepared, &request).await
     }
     .await;
     let mut response = outcome.unwrap_or_else(|error| {
@@ -212,10 +225,16 @@ pub fn json_ok(body: &impl Serialize) -> Response<Body> {
         .expect("static status and header are valid")
 }
 
-/// API Gateway may prefix the stage name (`/prod/admin/...`); routes are matched
-/// from the `/admin/` prefix the contract fixes.
+/// API Gateway REST APIs prefix the stage name (`/prod/admin/...`); one
+/// leading segment before the contract's `/admin/` prefix is dropped, no more.
 fn logical_path(path: &str) -> &str {
-    path.find("/admin/").map_or(path, |at| &path[at..])
+    if path.starts_with("/admin/") {
+        return path;
+    }
+    match path.get(1..).and_then(|rest| rest.find('/')) {
+        Some(end) if path[end + 1..].starts_with("/admin/") => &path[end + 1..],
+        _ => path,
+    }
 }
 
 /// Matches `/a/{x}/b` against a path; returns the raw (still encoded) captures.
@@ -294,6 +313,9 @@ mod tests {
     #[test]
     fn paths_match_with_and_without_a_stage() {
         assert_eq!(logical_path("/prod/admin/credits/currencies"), "/admin/credits/currencies");
+        assert_eq!(logical_path("/admin/credits/currencies"), "/admin/credits/currencies");
+        assert_eq!(logical_path("/a/b/admin/credits/currencies"), "/a/b/admin/credits/currencies");
+        assert_eq!(logical_path("/admin"), "/admin");
         let captures =
             match_path("/admin/credits/balances/{user_id}", "/admin/credits/balances/user_1").unwrap();
         assert_eq!(captures, vec![("user_id", "user_1")]);

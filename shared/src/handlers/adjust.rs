@@ -42,6 +42,7 @@ impl Endpoint for AdjustCredits {
     const PATH: &'static str = "/admin/credits/adjust";
     const FUNCTION: Function = Function::AdjustCredits;
     type Input = Adjustment;
+    type Prepared = Claim;
 
     fn validate(request: &ApiRequest) -> Result<Adjustment, ApiError> {
         if !is_json_or_unspecified(request.header(header::CONTENT_TYPE)) {
@@ -50,15 +51,37 @@ impl Endpoint for AdjustCredits {
         Adjustment::parse(&request.body, request.header("idempotency-key"))
     }
 
+    /// Claims the adjustment while the rate limiter decides: every
+    /// adjustment gets a record (keyed by the client's key, or a fresh one),
+    /// so even an unkeyed one that dies half-way is settled by reconciliation.
+    async fn prepare(app: &App, adjustment: &Adjustment, request: &ApiRequest) -> Claim {
+        let new = new_claim(adjustment, request.deadline_ms + LEASE_MARGIN_MS);
+        let outcome = app.idempotency.claim(&new, clock::now_ms()).await;
+        Claim { new, outcome }
+    }
+
+    async fn abandon(app: &App, claim: Claim) {
+        // Only a claim this request created is ours to drop; a lease taken
+        // over from a lapsed attempt simply lapses again.
+        if let Ok(ClaimOutcome::Claimed(pending)) = claim.outcome {
+            if pending.attempts == 1 {
+                if let Err(error) = app.idempotency.release(&pending.record_key).await {
+                    tracing::warn!(%error, "could not drop the claim of a rate-limited request");
+                }
+            }
+        }
+    }
+
     async fn execute(
         app: &App,
         secret: &AdminSecret,
         adjustment: Adjustment,
+        claim: Claim,
         request: &ApiRequest,
     ) -> Result<Response<Body>, ApiError> {
         let audit = Audit { request, adjustment: &adjustment };
-        let new_claim = new_claim(&adjustment, request.deadline_ms + LEASE_MARGIN_MS);
-        let (claim, recorded) = match app.idempotency.claim(&new_claim, clock::now_ms()).await {
+        let Claim { new: new_claim, outcome } = claim;
+        let (claim, recorded) = match outcome {
             Ok(ClaimOutcome::Claimed(claim)) => (claim, true),
             Ok(ClaimOutcome::Completed { response }) => {
                 audit.log("replayed", None);
@@ -99,6 +122,12 @@ impl Endpoint for AdjustCredits {
             }
         }
     }
+}
+
+/// A claim attempt and what the store answered.
+pub struct Claim {
+    new: NewClaim,
+    outcome: Result<ClaimOutcome, crate::ports::StoreError>,
 }
 
 /// Sends a claimed transaction and records what happened. Shared by live

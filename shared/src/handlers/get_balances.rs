@@ -38,6 +38,7 @@ impl Endpoint for GetBalances {
     const PATH: &'static str = "/admin/credits/balances/{user_id}";
     const FUNCTION: Function = Function::GetBalances;
     type Input = BalanceQuery;
+    type Prepared = ();
 
     fn validate(request: &ApiRequest) -> Result<BalanceQuery, ApiError> {
         let user_id = UserId::parse(request.path_param("user_id").unwrap_or_default())?;
@@ -45,10 +46,15 @@ impl Endpoint for GetBalances {
         Ok(BalanceQuery { user_id, include_empty })
     }
 
+    async fn prepare(_: &App, _: &BalanceQuery, _: &ApiRequest) {}
+
+    async fn abandon(_: &App, _: ()) {}
+
     async fn execute(
         app: &App,
         secret: &AdminSecret,
         query: BalanceQuery,
+        _: (),
         _: &ApiRequest,
     ) -> Result<Response<Body>, ApiError> {
         let balances =

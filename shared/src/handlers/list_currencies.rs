@@ -25,14 +25,20 @@ impl Endpoint for ListCurrencies {
     const PATH: &'static str = "/admin/credits/currencies";
     const FUNCTION: Function = Function::ListCurrencies;
     type Input = ();
+    type Prepared = ();
 
     fn validate(_request: &ApiRequest) -> Result<(), ApiError> {
         Ok(())
     }
 
+    async fn prepare(_: &App, _: &(), _: &ApiRequest) {}
+
+    async fn abandon(_: &App, _: ()) {}
+
     async fn execute(
         app: &App,
         secret: &AdminSecret,
+        _: (),
         _: (),
         _: &ApiRequest,
     ) -> Result<Response<Body>, ApiError> {
