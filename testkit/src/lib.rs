@@ -1,0 +1,61 @@
+//! Test harness for the credits-admin Lambda functions.
+//!
+//! Everything here talks to real protocols on loopback, so the code under test
+//! runs exactly as it would in AWS:
+//!
+//! * [`moto::MotoServer`] — a local DynamoDB + Secrets Manager (moto, serialised
+//!   so conditional writes are atomic like the real services).
+//! * [`aws`] — AWS SDK clients and fixtures (tables, secrets) pointed at moto.
+//! * [`runtime_api::RuntimeApiEmulator`] — the Lambda Runtime API, so the built
+//!   function binaries can be invoked as Lambda would invoke them.
+//! * [`function::FunctionProcess`] / [`function::FunctionPool`] — spawn those
+//!   binaries against the emulator and capture their logs.
+//!
+//! # Running
+//!
+//! ```text
+//! scripts/setup-test-env.sh     # once per machine: .venv with pinned moto
+//! cargo build --workspace       # the function binaries the tests spawn
+//! cargo test --workspace
+//! ```
+//!
+//! # Example
+//!
+//! ```no_run
+//! use credits_testkit::{aws, function::FunctionProcess, moto::MotoServer};
+//! use credits_testkit::runtime_api::RuntimeApiEmulator;
+//! use serde_json::json;
+//!
+//! # async fn example() {
+//! let endpoint = MotoServer::shared().endpoint_url();
+//! let table = aws::unique_name("credits");
+//! aws::create_table(&endpoint, &table).await;
+//!
+//! let emulator = RuntimeApiEmulator::start().await;
+//! let mut env = aws::aws_env(&endpoint);
+//! env.push(("TABLE_NAME".into(), table));
+//! let _function = FunctionProcess::spawn("list-currencies", env, &emulator);
+//! let body = emulator.invoke(json!({ "rawPath": "/currencies" })).await.into_response();
+//! # }
+//! ```
+
+pub mod aws;
+pub mod function;
+pub mod moto;
+pub mod runtime_api;
+pub mod stack;
+
+mod lines;
+
+use std::path::{Path, PathBuf};
+
+/// Root of the workspace (the directory holding `scripts/` and `.venv/`).
+///
+/// Taken from this crate's manifest directory at compile time: tests always
+/// run from a build of this checkout, wherever the current directory is.
+pub fn repo_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("testkit lives one level below the workspace root")
+        .to_path_buf()
+}

@@ -1,0 +1,514 @@
+//! The HTTP contract (spec §3–§5, §9) through the shared router with every
+//! real adapter: moto for DynamoDB and Secrets Manager, the RevenueCat
+//! sandbox and the gateway stand-in. Each test has its own table and secret.
+
+use std::time::Duration;
+
+use credits_sandbox::{Currency, Fault, ProductGrant, Route};
+use credits_testkit::stack::{within_one_rate_window, Call, Stack, DEMO_USER};
+use serde_json::json;
+
+const ADJUST: &str = "/admin/credits/adjust";
+const CURRENCIES: &str = "/admin/credits/currencies";
+
+fn balances(user: &str) -> String {
+    format!("/admin/credits/balances/{user}")
+}
+
+#[tokio::test]
+async fn currencies_have_the_published_shape() {
+    let stack = Stack::start().await;
+    let reply = stack.get(CURRENCIES).send(&stack.router()).await;
+    assert_eq!(reply.status, 200);
+    assert_eq!(
+        reply.json(),
+        json!({"items": [{"code": "CRD", "name": "Credits", "description": "ManticScore credits",
+            "product_grants": [{"product_id": "com.bairisland.manticscore.pro.monthly", "amount": 500}]}]})
+    );
+    assert_eq!(reply.header("ratelimit-limit"), Some("60"));
+}
+
+#[tokio::test]
+async fn currencies_follow_every_page_and_flatten_grants() {
+    let stack = Stack::start().await;
+    for i in 0..24 {
+        stack.revenuecat.add_currency(Currency::new(&format!("C{i:02}"), &format!("Currency {i}")));
+    }
+    stack.revenuecat.add_currency(Currency {
+        grants: vec![ProductGrant { product_ids: vec!["p.one".into(), "p.two".into()], amount: 7 }],
+        ..Currency::new("GEM", "Gems")
+    });
+    stack.revenuecat.set_page_limit_cap(10);
+    let reply = stack.get(CURRENCIES).send(&stack.router()).await;
+    assert_eq!(reply.status, 200);
+    let items = reply.json()["items"].as_array().unwrap().clone();
+    assert_eq!(items.len(), 26, "all pages: {items:?}");
+    assert_eq!(stack.revenuecat.request_count(Route::ListCurrencies), 3);
+    let gem = items.iter().find(|c| c["code"] == "GEM").unwrap();
+    assert_eq!(
+        gem["product_grants"],
+        json!([{"product_id": "p.one", "amount": 7}, {"product_id": "p.two", "amount": 7}])
+    );
+}
+
+#[tokio::test]
+async fn the_currency_list_is_cached_per_instance() {
+    let stack = Stack::start().await;
+    let router = stack.router();
+    for _ in 0..3 {
+        assert_eq!(stack.get(CURRENCIES).send(&router).await.status, 200);
+    }
+    assert_eq!(stack.revenuecat.request_count(Route::ListCurrencies), 1);
+}
+
+#[tokio::test]
+async fn balances_omit_zero_unless_include_empty() {
+    let stack = Stack::start().await;
+    stack.revenuecat.add_currency(Currency::new("GLD", "Gold"));
+    let router = stack.router();
+
+    let reply = stack.get(&balances(DEMO_USER)).send(&router).await;
+    assert_eq!(reply.status, 200);
+    assert_eq!(
+        reply.json(),
+        json!({"user_id": DEMO_USER, "items": [{"currency_code": "CRD", "name": "Credits", "balance": 120}]})
+    );
+    assert_eq!(reply.header("ratelimit-limit"), Some("120"));
+
+    for spelling in ["true", "1"] {
+        let reply =
+            stack.get(&format!("{}?include_empty={spelling}", balances(DEMO_USER))).send(&router).await;
+        let codes: Vec<_> =
+            reply.json()["items"].as_array().unwrap().iter().map(|i| i["currency_code"].clone()).collect();
+        assert_eq!(codes, vec![json!("CRD"), json!("GLD")], "include_empty={spelling}");
+    }
+    for spelling in ["false", "0"] {
+        let reply =
+            stack.get(&format!("{}?include_empty={spelling}", balances(DEMO_USER))).send(&router).await;
+        assert_eq!(reply.json()["items"].as_array().unwrap().len(), 1, "include_empty={spelling}");
+    }
+    for bad in ["maybe", "TRUE", "", "true&include_empty=false"] {
+        stack
+            .get(&format!("{}?include_empty={bad}", balances(DEMO_USER)))
+            .send(&router)
+            .await
+            .assert_error(422, "invalid_include_empty");
+    }
+}
+
+#[tokio::test]
+async fn an_unknown_customer_is_404_rc_customer_not_found() {
+    let stack = Stack::start().await;
+    stack
+        .get(&balances("user_nobody"))
+        .send(&stack.router())
+        .await
+        .assert_error(404, "rc_customer_not_found");
+}
+
+#[tokio::test]
+async fn user_ids_in_the_path_are_validated_before_revenuecat() {
+    let stack = Stack::start().await;
+    let router = stack.router();
+    let too_long = "u".repeat(201);
+    for bad in [too_long.as_str(), "a%2Fb", "tab%09", "%00", "..", "."] {
+        stack.get(&balances(bad)).send(&router).await.assert_error(422, "invalid_user_id");
+    }
+    stack.get("/admin/credits/balances/").send(&router).await.assert_error(422, "invalid_user_id");
+    assert_eq!(stack.revenuecat.request_count(Route::Balances), 0);
+    // 200 characters is allowed, and percent-encoded characters reach RevenueCat intact.
+    stack.revenuecat.set_balance(&"u".repeat(200), "CRD", 5);
+    assert_eq!(stack.get(&balances(&"u".repeat(200))).send(&router).await.status, 200);
+    stack.revenuecat.set_balance("$RCAnonymousID:abc", "CRD", 9);
+    let reply = stack.get(&balances("%24RCAnonymousID%3Aabc")).send(&router).await;
+    assert_eq!(reply.json()["items"][0]["balance"], 9);
+}
+
+#[tokio::test]
+async fn adjust_grants_through_one_transaction_and_notifies_the_app() {
+    let stack = Stack::start().await;
+    let reply = stack
+        .post(ADJUST, json!({"user_id": DEMO_USER, "amount": 100, "reason": "  ZD-1234 goodwill grant  "}))
+        .send(&stack.router())
+        .await;
+    assert_eq!(reply.status, 200, "{}", reply.body);
+    assert_eq!(
+        reply.json(),
+        json!({"user_id": DEMO_USER, "currency": "CRD", "amount": 100, "balance": 220,
+               "idempotency_key": null, "replayed": false, "notified": true})
+    );
+    assert_eq!(reply.header("ratelimit-limit"), Some("30"));
+    assert_eq!(reply.header("ratelimit-remaining"), Some("29"));
+
+    let transactions = stack.revenuecat.applied_transactions();
+    assert_eq!(transactions.len(), 1);
+    assert_eq!(transactions[0].reference.as_deref(), Some("ZD-1234 goodwill grant"));
+    assert_eq!(transactions[0].adjustments.get("CRD"), Some(&100));
+    assert!(transactions[0].idempotency_key.is_some(), "every transaction carries an Idempotency-Key");
+
+    let envelopes = stack.gateway.envelopes();
+    assert_eq!(envelopes.len(), 1);
+    let envelope = &envelopes[0];
+    assert_eq!(envelope["type"], "usage.changed");
+    assert_eq!(envelope["silent"], true);
+    assert_eq!(envelope["user_id"], DEMO_USER);
+    assert_eq!(envelope["payload"], json!({"currency": "CRD", "balance": 220, "delta": 100}));
+    assert!(envelope["envelope_id"].as_str().is_some_and(|id| id.len() == 36));
+    assert!(envelope["occurred_at"].as_str().is_some_and(|t| t.ends_with('Z')));
+    assert!(!envelope.to_string().contains("goodwill"), "the audit reason never reaches the app");
+}
+
+#[tokio::test]
+async fn a_deduction_to_zero_reports_balance_zero() {
+    let stack = Stack::start().await;
+    let reply = stack.adjust(-120, None).send(&stack.router()).await;
+    assert_eq!(reply.status, 200, "{}", reply.body);
+    assert_eq!(reply.json()["balance"], 0);
+    assert_eq!(stack.gateway.envelopes()[0]["payload"]["delta"], -120);
+}
+
+#[tokio::test]
+async fn deducting_more_than_the_balance_is_409_and_changes_nothing() {
+    let stack = Stack::start().await;
+    stack.adjust(-121, None).send(&stack.router()).await.assert_error(409, "insufficient_balance");
+    assert_eq!(stack.revenuecat.balance(DEMO_USER, "CRD"), Some(120));
+    assert!(stack.gateway.envelopes().is_empty());
+}
+
+#[tokio::test]
+async fn a_currency_the_project_does_not_have_is_422_unknown_currency() {
+    let stack = Stack::start().await;
+    let body = json!({"user_id": DEMO_USER, "amount": 5, "reason": "ZD-1 wrong code", "currency": "GLD"});
+    stack.post(ADJUST, body).send(&stack.router()).await.assert_error(422, "unknown_currency");
+}
+
+#[tokio::test]
+async fn adjusting_an_unknown_customer_is_404() {
+    let stack = Stack::start().await;
+    let body = json!({"user_id": "user_nobody", "amount": 5, "reason": "ZD-1 nobody"});
+    stack.post(ADJUST, body).send(&stack.router()).await.assert_error(404, "rc_customer_not_found");
+}
+
+/// Every row of the validation table (spec §4) and the body checks around it.
+#[tokio::test]
+async fn adjust_validation_table() {
+    let stack = Stack::start().await;
+    let router = stack.router();
+    let ok = |extra: serde_json::Value| {
+        let mut body = json!({"user_id": DEMO_USER, "amount": 5, "reason": "ZD-1 valid"});
+        for (k, v) in extra.as_object().unwrap() {
+            if v.is_null() {
+                body.as_object_mut().unwrap().remove(k);
+            } else {
+                body[k] = v.clone();
+            }
+        }
+        body.to_string()
+    };
+    let cases: Vec<(String, u16, &str)> = vec![
+        ("not json".into(), 400, "invalid_json"),
+        ("[1,2]".into(), 400, "invalid_json"),
+        ("\"text\"".into(), 400, "invalid_json"),
+        ("".into(), 400, "invalid_json"),
+        (r#"{"user_id":"u","amount":1,"amount":2,"reason":"abc"}"#.into(), 400, "invalid_json"),
+        (ok(json!({"amount": 0})), 400, "amount_must_be_nonzero"),
+        (ok(json!({"extra": 1})), 422, "unknown_field"),
+        (ok(json!({"user_id": null})), 422, "invalid_user_id"),
+        (ok(json!({"user_id": ""})), 422, "invalid_user_id"),
+        (ok(json!({"user_id": "a/b"})), 422, "invalid_user_id"),
+        (ok(json!({"user_id": "new\nline"})), 422, "invalid_user_id"),
+        (ok(json!({"user_id": "u".repeat(201)})), 422, "invalid_user_id"),
+        (ok(json!({"user_id": 12})), 422, "invalid_user_id"),
+        (ok(json!({"amount": null})), 422, "invalid_amount"),
+        (ok(json!({"amount": 1.5})), 422, "invalid_amount"),
+        (ok(json!({"amount": "5"})), 422, "invalid_amount"),
+        (ok(json!({"amount": 1_000_000_001i64})), 422, "invalid_amount"),
+        (ok(json!({"amount": -1_000_000_001i64})), 422, "invalid_amount"),
+        (
+            r#"{"user_id":"u","amount":123456789012345678901234567890,"reason":"abc"}"#.into(),
+            422,
+            "invalid_amount",
+        ),
+        (ok(json!({"reason": null})), 422, "invalid_reason"),
+        (ok(json!({"reason": "ab"})), 422, "invalid_reason"),
+        (ok(json!({"reason": "   ab   "})), 422, "invalid_reason"),
+        (ok(json!({"reason": "x".repeat(501)})), 422, "invalid_reason"),
+        (ok(json!({"reason": 42})), 422, "invalid_reason"),
+        (ok(json!({"currency": "C-R-D"})), 422, "unknown_currency"),
+        (ok(json!({"currency": 7})), 422, "unknown_currency"),
+        (ok(json!({"idempotency_key": ""})), 422, "invalid_idempotency_key"),
+        (ok(json!({"idempotency_key": "k".repeat(201)})), 422, "invalid_idempotency_key"),
+        (ok(json!({"idempotency_key": 5})), 422, "invalid_idempotency_key"),
+    ];
+    for (body, status, code) in &cases {
+        let reply = stack.post(ADJUST, json!(null)).body(body).send(&router).await;
+        assert_eq!(reply.status, *status, "{body} -> {}", reply.body);
+        reply.assert_error(*status, code);
+        assert!(reply.header("ratelimit-limit").is_none(), "invalid requests are not counted: {body}");
+    }
+    // The boundaries themselves are valid.
+    for extra in
+        [json!({"amount": 1_000_000_000}), json!({"reason": "abc"}), json!({"reason": "é".repeat(500)})]
+    {
+        let reply = stack.post(ADJUST, json!(null)).body(&ok(extra.clone())).send(&router).await;
+        assert!(reply.status == 200 || reply.status == 409, "{extra} -> {}", reply.body);
+    }
+    let mismatched = stack
+        .post(ADJUST, json!(null))
+        .body(&ok(json!({"idempotency_key": "a"})))
+        .header("idempotency-key", "b");
+    mismatched.send(&router).await.assert_error(422, "invalid_idempotency_key");
+    let form = stack
+        .post(ADJUST, json!(null))
+        .body(&ok(json!({})))
+        .header("content-type", "application/x-www-form-urlencoded");
+    form.send(&router).await.assert_error(415, "unsupported_media_type");
+    let huge = stack.post(ADJUST, json!(null)).body(&ok(json!({"reason": "x".repeat(20_000)})));
+    huge.send(&router).await.assert_error(413, "payload_too_large");
+}
+
+#[tokio::test]
+async fn auth_order_is_503_then_401_then_403_then_validation() {
+    let stack = Stack::start().await;
+    let invalid_body = |call: Call| call.body("not json");
+    // Configured: 401 without a bearer, 403 with a wrong one — even for an invalid body.
+    let router = stack.router();
+    invalid_body(stack.adjust(1, None).without_header("authorization"))
+        .send(&router)
+        .await
+        .assert_error(401, "missing_bearer");
+    invalid_body(stack.adjust(1, None).header("authorization", "Basic abc"))
+        .send(&router)
+        .await
+        .assert_error(401, "missing_bearer");
+    invalid_body(stack.adjust(1, None).header("authorization", "Bearer nope"))
+        .send(&router)
+        .await
+        .assert_error(403, "invalid_admin_secret");
+    invalid_body(stack.adjust(1, None)).send(&router).await.assert_error(400, "invalid_json");
+
+    // Unconfigured: 503 comes before everything else.
+    stack.put_raw_secret("not json").await;
+    let router = stack.router();
+    stack
+        .get(CURRENCIES)
+        .without_header("authorization")
+        .send(&router)
+        .await
+        .assert_error(503, "admin_unconfigured");
+    stack
+        .get(CURRENCIES)
+        .header("authorization", "Bearer nope")
+        .send(&router)
+        .await
+        .assert_error(503, "admin_unconfigured");
+}
+
+#[tokio::test]
+async fn the_bearer_scheme_is_case_insensitive() {
+    let stack = Stack::start().await;
+    let router = stack.router();
+    for scheme in ["bearer", "BEARER", "bEaReR"] {
+        let call = stack.get(CURRENCIES).header("authorization", &format!("{scheme} {}", stack.admin_token));
+        assert_eq!(call.send(&router).await.status, 200, "{scheme}");
+    }
+}
+
+#[tokio::test]
+async fn missing_configuration_is_named_in_the_detail() {
+    let stack = Stack::start().await;
+    stack
+        .put_raw_secret(&json!({"admin_secret": stack.admin_token, "revenuecat_project_id": "p"}).to_string())
+        .await;
+    let reply = stack.get(CURRENCIES).send(&stack.router()).await;
+    reply.assert_error(503, "admin_unconfigured");
+    assert_eq!(reply.detail(), "admin_unconfigured: revenuecat_api_key is not set");
+
+    stack
+        .put_raw_secret(&json!({"admin_secret": stack.admin_token, "revenuecat_api_key": "sk_x"}).to_string())
+        .await;
+    let reply = stack.get(CURRENCIES).send(&stack.router()).await;
+    assert_eq!(reply.detail(), "admin_unconfigured: revenuecat_project_id is not set");
+
+    let mut stack = stack;
+    stack.set_env("ADMIN_SECRET_ID", "credits-admin-does-not-exist");
+    stack.get(CURRENCIES).send(&stack.router()).await.assert_error(503, "admin_unconfigured");
+}
+
+#[tokio::test]
+async fn an_unreachable_secret_store_is_503_secret_store_unavailable() {
+    let mut stack = Stack::start().await;
+    // Port 9 (discard) is closed on loopback: connection refused.
+    stack.set_env("AWS_ENDPOINT_URL", "http://127.0.0.1:9");
+    stack.get(CURRENCIES).send(&stack.router()).await.assert_error(503, "secret_store_unavailable");
+}
+
+#[tokio::test]
+async fn a_rotated_token_works_at_once_and_the_old_one_stops() {
+    let mut stack = Stack::start().await;
+    let old = stack.admin_token.clone();
+    let router = stack.router();
+    assert_eq!(stack.get(CURRENCIES).send(&router).await.status, 200);
+    // The cache is re-read on a mismatch only when it is a few seconds old.
+    tokio::time::sleep(credits::secrets::MIN_REFRESH_INTERVAL + Duration::from_millis(100)).await;
+    stack.rotate_admin_token("adm_rotated_token").await;
+    assert_eq!(stack.get(CURRENCIES).send(&router).await.status, 200, "new token works at once");
+    let old_call = stack.get(CURRENCIES).header("authorization", &format!("Bearer {old}"));
+    old_call.send(&router).await.assert_error(403, "invalid_admin_secret");
+}
+
+#[tokio::test]
+async fn an_old_token_keeps_working_only_until_the_ttl() {
+    let mut stack = Stack::start().await;
+    stack.set_env("SECRET_TTL_SECONDS", 2);
+    let old = format!("Bearer {}", stack.admin_token);
+    let router = stack.router();
+    assert_eq!(stack.get(CURRENCIES).send(&router).await.status, 200);
+    stack.rotate_admin_token("adm_rotated_token").await;
+    let old_call = stack.get(CURRENCIES).header("authorization", &old);
+    assert_eq!(old_call.send(&router).await.status, 200, "cached until the TTL");
+    tokio::time::sleep(Duration::from_millis(2_100)).await;
+    old_call.send(&router).await.assert_error(403, "invalid_admin_secret");
+}
+
+#[tokio::test]
+async fn unknown_routes_are_404_and_wrong_methods_405() {
+    let stack = Stack::start().await;
+    let router = stack.router();
+    stack.get("/admin/credits/nothing").send(&router).await.assert_error(404, "not_found");
+    stack.get("/").send(&router).await.assert_error(404, "not_found");
+    let reply = Call::new("DELETE", CURRENCIES).send(&router).await;
+    reply.assert_error(405, "method_not_allowed");
+    assert_eq!(reply.header("allow"), Some("GET"));
+    let reply = stack.get(ADJUST).send(&router).await;
+    reply.assert_error(405, "method_not_allowed");
+    assert_eq!(reply.header("allow"), Some("POST"));
+    // API Gateway stage prefixes are tolerated.
+    assert_eq!(stack.get(&format!("/prod{CURRENCIES}")).send(&router).await.status, 200);
+}
+
+/// 40 concurrent adjustments over 4 instances (each its own caches and
+/// clients) admit exactly the budget of 30, atomically in DynamoDB.
+#[tokio::test]
+async fn the_rate_limit_admits_exactly_its_budget_across_instances() {
+    let stack = Stack::start().await;
+    stack.revenuecat.set_balance(DEMO_USER, "CRD", 0);
+    let routers: Vec<_> = (0..4).map(|_| stack.router()).collect();
+    within_one_rate_window(Duration::from_secs(20)).await;
+    let calls = (0..40).map(|i| {
+        let router = routers[i % 4].clone();
+        let call = stack.adjust(1, None);
+        tokio::spawn(async move { call.send(&router).await })
+    });
+    let replies: Vec<_> =
+        futures::future::join_all(calls).await.into_iter().map(|r| r.expect("no panic")).collect();
+    let admitted: Vec<_> = replies.iter().filter(|r| r.status == 200).collect();
+    let limited: Vec<_> = replies.iter().filter(|r| r.status == 429).collect();
+    assert_eq!((admitted.len(), limited.len()), (30, 10));
+    assert_eq!(stack.revenuecat.applied_transactions().len(), 30);
+    assert_eq!(stack.revenuecat.balance(DEMO_USER, "CRD"), Some(30));
+    let mut remaining: Vec<u32> =
+        admitted.iter().map(|r| r.header("ratelimit-remaining").unwrap().parse().unwrap()).collect();
+    remaining.sort();
+    assert_eq!(remaining, (0..30).collect::<Vec<_>>(), "each admission saw its own count");
+    for reply in limited {
+        reply.assert_error(429, "rate_limited");
+        assert_eq!(reply.header("ratelimit-remaining"), Some("0"));
+        let retry: u64 = reply.header("retry-after").unwrap().parse().unwrap();
+        assert!((1..=60).contains(&retry));
+        assert_eq!(reply.header("ratelimit-reset"), reply.header("retry-after"));
+    }
+}
+
+#[tokio::test]
+async fn refused_and_invalid_requests_do_not_spend_the_budget() {
+    let mut stack = Stack::start().await;
+    stack.set_env("RATE_LIMIT_PER_MINUTE", 3);
+    let router = stack.router();
+    within_one_rate_window(Duration::from_secs(10)).await;
+    for _ in 0..5 {
+        stack
+            .get(CURRENCIES)
+            .without_header("authorization")
+            .send(&router)
+            .await
+            .assert_error(401, "missing_bearer");
+        stack
+            .get(CURRENCIES)
+            .header("authorization", "Bearer wrong")
+            .send(&router)
+            .await
+            .assert_error(403, "invalid_admin_secret");
+        stack.get(&balances("a%2Fb")).send(&router).await.assert_error(422, "invalid_user_id");
+    }
+    for expected_remaining in ["2", "1", "0"] {
+        let reply = stack.get(CURRENCIES).send(&router).await;
+        assert_eq!(reply.status, 200);
+        assert_eq!(reply.header("ratelimit-remaining"), Some(expected_remaining));
+    }
+    stack.get(CURRENCIES).send(&router).await.assert_error(429, "rate_limited");
+    // Each function has its own bucket.
+    assert_eq!(stack.get(&balances(DEMO_USER)).send(&router).await.status, 200);
+}
+
+#[tokio::test]
+async fn the_limiter_fails_open_when_its_table_is_unusable() {
+    let mut stack = Stack::start().await;
+    stack.set_env("TABLE_NAME", "credits-table-that-does-not-exist");
+    let router = stack.router();
+    let reply = stack.get(CURRENCIES).send(&router).await;
+    assert_eq!(reply.status, 200, "admin work must not stop");
+    assert!(reply.header("ratelimit-limit").is_none(), "nothing was counted");
+    let reply = stack.adjust(5, None).send(&router).await;
+    assert_eq!(reply.status, 200, "an unkeyed adjustment still applies: {}", reply.body);
+}
+
+#[tokio::test]
+async fn revenuecat_failures_map_to_502_with_their_type() {
+    let mut stack = Stack::start().await;
+    stack.set_env("REVENUECAT_TIMEOUT_MS", 400);
+    let router = stack.router();
+    let server_error = Fault::Status {
+        status: 500,
+        error_type: "server_error".into(),
+        retryable: true,
+        backoff_ms: Some(1000),
+    };
+    stack.revenuecat.inject(Route::Balances, server_error, 1);
+    stack.get(&balances(DEMO_USER)).send(&router).await.assert_error(502, "rc_call_failed");
+    stack.revenuecat.inject(Route::Balances, Fault::Hang, 1);
+    let reply = stack.get(&balances(DEMO_USER)).send(&router).await;
+    assert_eq!(reply.detail(), "rc_call_failed: timeout");
+    stack.revenuecat.inject(Route::Balances, Fault::InvalidJson, 1);
+    assert_eq!(
+        stack.get(&balances(DEMO_USER)).send(&router).await.detail(),
+        "rc_call_failed: invalid_response"
+    );
+    stack.revenuecat.inject(Route::Balances, Fault::CloseConnection, 1);
+    let reply = stack.get(&balances(DEMO_USER)).send(&router).await;
+    reply.assert_error(502, "rc_call_failed");
+
+    // 429: one retry after RevenueCat's backoff, then give up.
+    let limited = Fault::Status {
+        status: 429,
+        error_type: "rate_limit_error".into(),
+        retryable: true,
+        backoff_ms: Some(1000),
+    };
+    stack.revenuecat.inject(Route::Balances, limited.clone(), 1);
+    let before = stack.revenuecat.request_count(Route::Balances);
+    assert_eq!(stack.get(&balances(DEMO_USER)).send(&router).await.status, 200, "one backoff, then success");
+    assert_eq!(stack.revenuecat.request_count(Route::Balances) - before, 2);
+    stack.revenuecat.inject(Route::Balances, limited, 2);
+    assert_eq!(
+        stack.get(&balances(DEMO_USER)).send(&router).await.detail(),
+        "rc_call_failed: rate_limit_error"
+    );
+
+    // A wrong RevenueCat key is RevenueCat's 401, reported as such.
+    stack.put_raw_secret(
+        &json!({"admin_secret": stack.admin_token, "revenuecat_api_key": "sk_wrong", "revenuecat_project_id": stack.revenuecat.project_id()}).to_string(),
+    ).await;
+    let reply = stack.get(&balances(DEMO_USER)).send(&stack.router()).await;
+    assert_eq!(reply.detail(), "rc_call_failed: authentication_error");
+}
