@@ -230,6 +230,7 @@ where
     let tag = tag.to_owned();
     for_each_line(reader, thread_name, move |line| {
         eprintln!("[{tag}] {line}");
+        crate::append_suite_file("log", &line);
         logs.lock().unwrap().push(line);
     });
 }

@@ -59,3 +59,41 @@ pub fn repo_root() -> PathBuf {
         .expect("testkit lives one level below the workspace root")
         .to_path_buf()
 }
+
+/// Where every function process's output and every test stack's secrets are
+/// written, so `scripts/scan-logs-for-secrets.sh` can check the whole suite's
+/// logs for leaked secrets after the run.
+pub fn suite_log_dir() -> PathBuf {
+    repo_root().join("target").join("function-logs")
+}
+
+/// Appends `line` to `<suite_log_dir>/<this test binary>.<extension>`.
+pub fn append_suite_file(extension: &str, line: &str) {
+    use std::collections::HashMap;
+    use std::io::Write;
+    use std::sync::{Mutex, OnceLock};
+
+    static FILES: OnceLock<Mutex<HashMap<String, std::fs::File>>> = OnceLock::new();
+    let files = FILES.get_or_init(Default::default);
+    let mut files = files.lock().unwrap_or_else(|p| p.into_inner());
+    if !files.contains_key(extension) {
+        let exe = std::env::current_exe().ok();
+        let name = exe.as_deref().and_then(Path::file_name).map_or("unknown".into(), |n| n.to_string_lossy());
+        let dir = suite_log_dir();
+        let opened = std::fs::create_dir_all(&dir).and_then(|()| {
+            std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(dir.join(format!("{name}.{extension}")))
+        });
+        match opened {
+            Ok(file) => {
+                files.insert(extension.to_owned(), file);
+            }
+            Err(_) => return,
+        }
+    }
+    if let Some(file) = files.get_mut(extension) {
+        let _ = writeln!(file, "{line}");
+    }
+}

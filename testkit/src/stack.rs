@@ -62,8 +62,16 @@ impl Stack {
             gateway_server,
             extra_env: BTreeMap::new(),
         };
+        stack.remember_secrets();
         put_secret(&stack.moto_endpoint, &stack.secret_id, &stack.secret_json()).await;
         stack
+    }
+
+    /// Lists this stack's secrets for the suite-wide log scan.
+    fn remember_secrets(&self) {
+        for secret in [self.admin_token.clone(), self.revenuecat.api_key(), self.secret_json()] {
+            crate::append_suite_file("secrets", &secret);
+        }
     }
 
     /// The secret value for the current admin token and sandbox credentials.
@@ -80,6 +88,7 @@ impl Stack {
     pub async fn rotate_admin_token(&mut self, new_token: &str) {
         self.admin_token = new_token.to_owned();
         self.gateway.set_expected_bearer(Some(new_token.to_owned()));
+        self.remember_secrets();
         put_secret(&self.moto_endpoint, &self.secret_id, &self.secret_json()).await;
     }
 
