@@ -60,14 +60,7 @@ impl IdempotencyStore for MemoryStore {
     async fn claim(&self, claim: &NewClaim, now_ms: u64) -> Result<ClaimOutcome, StoreError> {
         let mut state = self.state();
         let Some(existing) = state.records.get_mut(&claim.record_key) else {
-            let pending = PendingClaim {
-                record_key: claim.record_key.clone(),
-                client_key: claim.client_key.clone(),
-                transaction: claim.transaction.clone(),
-                envelope_id: claim.envelope_id.clone(),
-                lease_until_ms: claim.lease_until_ms,
-                attempts: 1,
-            };
+            let pending = claim.first_attempt();
             let record =
                 Record { fingerprint: claim.fingerprint.clone(), pending: pending.clone(), response: None };
             state.records.insert(claim.record_key.clone(), record);

@@ -164,6 +164,20 @@ pub struct NewClaim {
     pub expires_at: u64,
 }
 
+impl NewClaim {
+    /// The claim as its first owner holds it.
+    pub fn first_attempt(&self) -> PendingClaim {
+        PendingClaim {
+            record_key: self.record_key.clone(),
+            client_key: self.client_key.clone(),
+            transaction: self.transaction.clone(),
+            envelope_id: self.envelope_id.clone(),
+            lease_until_ms: self.lease_until_ms,
+            attempts: 1,
+        }
+    }
+}
+
 /// An adjustment whose outcome is not recorded yet.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PendingClaim {

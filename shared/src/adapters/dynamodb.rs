@@ -204,14 +204,7 @@ impl IdempotencyStore for DynamoStore {
             put = put.item("client_key", s(key));
         }
         match put.send().await {
-            Ok(_) => Ok(ClaimOutcome::Claimed(PendingClaim {
-                record_key: claim.record_key.clone(),
-                client_key: claim.client_key.clone(),
-                transaction: claim.transaction.clone(),
-                envelope_id: claim.envelope_id.clone(),
-                lease_until_ms: claim.lease_until_ms,
-                attempts: 1,
-            })),
+            Ok(_) => Ok(ClaimOutcome::Claimed(claim.first_attempt())),
             Err(error) => {
                 let returned_item = match error.as_service_error() {
                     Some(PutItemError::ConditionalCheckFailedException(conflict)) => conflict.item.clone(),

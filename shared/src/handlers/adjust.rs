@@ -105,7 +105,7 @@ impl Endpoint for AdjustCredits {
                 // Without a client key there is nothing to deduplicate against,
                 // and admin work must not stop: apply without a record.
                 tracing::error!(%error, "idempotency store unavailable; applying an unkeyed adjustment without a record");
-                (pending_from(new_claim), false)
+                (new_claim.first_attempt(), false)
             }
         };
         let started = Instant::now();
@@ -230,17 +230,6 @@ fn new_claim(adjustment: &Adjustment, lease_until_ms: u64) -> NewClaim {
         envelope_id: uuid::Uuid::new_v4().to_string(),
         lease_until_ms,
         expires_at: clock::now_secs() + RECORD_TTL.as_secs(),
-    }
-}
-
-fn pending_from(claim: NewClaim) -> PendingClaim {
-    PendingClaim {
-        record_key: claim.record_key,
-        client_key: claim.client_key,
-        transaction: claim.transaction,
-        envelope_id: claim.envelope_id,
-        lease_until_ms: claim.lease_until_ms,
-        attempts: 1,
     }
 }
 
