@@ -68,7 +68,7 @@ impl Config {
                 .map(Duration::from_secs)
                 .unwrap_or(DEFAULT_SECRET_TTL),
             rate_limit_override: non_empty("RATE_LIMIT_PER_MINUTE").and_then(|v| v.parse().ok()),
-            // Both fit well inside the functions' 15 s timeout, with room for
+            // Both fit well inside the functions' 20 s timeout, with room for
             // one RevenueCat retry and the gateway post.
             revenuecat_timeout: millis("REVENUECAT_TIMEOUT_MS").unwrap_or(Duration::from_secs(5)),
             gateway_timeout: millis("GATEWAY_TIMEOUT_MS")

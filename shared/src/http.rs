@@ -82,7 +82,7 @@ pub trait Endpoint: Send + Sync + 'static {
 }
 
 /// Outside Lambda (the local runner) a request gets the functions' timeout.
-const DEFAULT_BUDGET_MS: u64 = 15_000;
+const DEFAULT_BUDGET_MS: u64 = 20_000;
 
 type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send>>;
 type Pipeline = Box<dyn Fn(Arc<App>, ApiRequest) -> BoxFuture<Response<Body>> + Send + Sync>;
