@@ -2,6 +2,7 @@
 //! contract (spec §3) and lives here once: config → auth → validation →
 //! rate limit → the endpoint's own work.
 
+use std::borrow::Cow;
 use std::convert::Infallible;
 use std::future::Future;
 use std::pin::Pin;
@@ -36,6 +37,43 @@ pub struct ApiRequest {
     /// When the invocation must have answered (epoch ms): Lambda's deadline,
     /// or a default budget outside Lambda.
     pub deadline_ms: u64,
+    /// Who called, as far as the shared token lets us tell: API Gateway's
+    /// view of the client address and user agent.
+    pub caller: Caller,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Caller {
+    pub source_ip: Option<String>,
+    pub user_agent: Option<String>,
+}
+
+impl Caller {
+    fn of(request: &Request) -> Self {
+        use lambda_http::request::RequestContext;
+        let (from_gateway, agent_from_gateway) = match request.request_context_ref() {
+            Some(RequestContext::ApiGatewayV2(context)) => {
+                (context.http.source_ip.clone(), context.http.user_agent.clone())
+            }
+            Some(RequestContext::ApiGatewayV1(context)) => {
+                (context.identity.source_ip.clone(), context.identity.user_agent.clone())
+            }
+            _ => (None, None),
+        };
+        // Outside API Gateway (the local runner) the socket address is not
+        // known here; a forwarding header is the best available hint.
+        let source_ip = from_gateway.or_else(|| {
+            let forwarded = request.headers().get("x-forwarded-for")?.to_str().ok()?;
+            forwarded.split(',').next().map(|ip| ip.trim().to_owned())
+        });
+        let user_agent = agent_from_gateway.or_else(|| {
+            request
+                .headers()
+                .get(header::USER_AGENT)
+                .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned())
+        });
+        Self { source_ip, user_agent }
+    }
 }
 
 impl ApiRequest {
@@ -47,9 +85,11 @@ impl ApiRequest {
         self.query.iter().filter(|(n, _)| n == name).map(|(_, v)| v.as_str()).collect()
     }
 
-    /// A header that is absent or not valid text reads as absent.
-    pub fn header(&self, name: impl header::AsHeaderName) -> Option<&str> {
-        self.headers.get(name).and_then(|v| v.to_str().ok())
+    /// A header's value as text. Bytes that are not UTF-8 become U+FFFD
+    /// rather than making the header vanish: a garbled `Idempotency-Key`
+    /// must be refused, never silently ignored.
+    pub fn header(&self, name: impl header::AsHeaderName) -> Option<Cow<'_, str>> {
+        self.headers.get(name).map(|v| String::from_utf8_lossy(v.as_bytes()))
     }
 }
 
@@ -176,7 +216,8 @@ impl tower_service::Service<Request> for Router {
 async fn run_pipeline<E: Endpoint>(app: Arc<App>, request: ApiRequest) -> Response<Body> {
     let mut admission = None;
     let outcome = async {
-        let secret = app.secrets.authorize(bearer_token(request.header(header::AUTHORIZATION))).await?;
+        let secret =
+            app.secrets.authorize(bearer_token(request.header(header::AUTHORIZATION).as_deref())).await?;
         if request.body.len() > MAX_BODY_BYTES {
             return Err(ApiError::PayloadTooLarge { limit: MAX_BODY_BYTES });
         }
@@ -194,7 +235,16 @@ async fn run_pipeline<E: Endpoint>(app: Arc<App>, request: ApiRequest) -> Respon
     }
     .await;
     let mut response = outcome.unwrap_or_else(|error| {
-        tracing::info!(request_id = %request.request_id, detail = %error.detail(), status = error.status().as_u16(), "refused");
+        tracing::info!(
+            target: "audit",
+            request_id = %request.request_id,
+            route = E::PATH,
+            source_ip = request.caller.source_ip.as_deref().unwrap_or(""),
+            user_agent = request.caller.user_agent.as_deref().unwrap_or(""),
+            status = error.status().as_u16(),
+            detail = %error.detail(),
+            "refused"
+        );
         error.into_response()
     });
     if let Some(admission) = admission {
@@ -255,21 +305,24 @@ fn match_path<'p>(pattern: &'static str, path: &'p str) -> Option<Vec<(&'static 
 }
 
 /// API Gateway hands over decoded path parameters; elsewhere (the local
-/// runner) the captured segment is percent-decoded here. Undecodable bytes
-/// are kept as replacement characters and then fail validation.
+/// runner) the captured segment is percent-decoded here. A segment that does
+/// not decode to UTF-8 is left out, so the endpoint's validation refuses it
+/// instead of looking up a mangled id.
 fn path_params(request: &Request, raw: Vec<(&'static str, &str)>) -> Vec<(&'static str, String)> {
     let from_gateway = request.path_parameters_ref();
     raw.into_iter()
-        .map(|(name, segment)| {
-            let value = from_gateway
-                .and_then(|p| p.first(name).map(str::to_owned))
-                .unwrap_or_else(|| percent_decode_str(segment).decode_utf8_lossy().into_owned());
-            (name, value)
+        .filter_map(|(name, segment)| {
+            let value = match from_gateway.and_then(|p| p.first(name)) {
+                Some(decoded) => decoded.to_owned(),
+                None => percent_decode_str(segment).decode_utf8().ok()?.into_owned(),
+            };
+            Some((name, value))
         })
         .collect()
 }
 
 fn into_api_request(request: Request, path_params: Vec<(&'static str, String)>) -> ApiRequest {
+    let caller = Caller::of(&request);
     let context = request.lambda_context_ref();
     let request_id =
         context.map(|c| c.request_id.clone()).unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
@@ -295,6 +348,7 @@ fn into_api_request(request: Request, path_params: Vec<(&'static str, String)>) 
         body,
         request_id,
         deadline_ms,
+        caller,
     }
 }
 

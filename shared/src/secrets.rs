@@ -2,11 +2,13 @@
 //! bearer so a rotated token works at once, and compared in constant time.
 
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use serde::Deserialize;
 use sha2::{Digest, Sha256};
 use tokio::sync::Mutex;
+// tokio's clock, so tests can move time without sleeping.
+use tokio::time::Instant;
 
 use crate::domain::ApiError;
 use crate::ports::{RcCredentials, SecretSource};
@@ -181,6 +183,46 @@ mod tests {
         assert!(!secret.accepts("adm_toke"));
         assert!(!secret.accepts(""));
         assert!(!format!("{secret:?}").contains("adm_token"));
+    }
+
+    /// Counts reads; stands in for Secrets Manager.
+    struct CountingSource {
+        reads: std::sync::atomic::AtomicUsize,
+        value: std::sync::Mutex<String>,
+    }
+
+    #[async_trait::async_trait]
+    impl SecretSource for CountingSource {
+        async fn fetch(&self) -> Result<Option<String>, crate::ports::StoreError> {
+            self.reads.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            Ok(Some(self.value.lock().unwrap().clone()))
+        }
+    }
+
+    fn secret_json(token: &str) -> String {
+        format!(r#"{{"admin_secret":"{token}","revenuecat_api_key":"sk","revenuecat_project_id":"p"}}"#)
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn wrong_tokens_cannot_hammer_the_secret_store() {
+        let source =
+            Arc::new(CountingSource { reads: Default::default(), value: secret_json("adm_1").into() });
+        let cache = SecretCache::new(source.clone(), Duration::from_secs(300));
+        let reads = || source.reads.load(std::sync::atomic::Ordering::SeqCst);
+        assert!(cache.authorize(Some("adm_1")).await.is_ok());
+        for _ in 0..50 {
+            assert_eq!(cache.authorize(Some("guess")).await.unwrap_err(), ApiError::InvalidAdminSecret);
+        }
+        assert_eq!(reads(), 1, "a fresh cache is not re-read for wrong tokens");
+        tokio::time::advance(MIN_REFRESH_INTERVAL).await;
+        for _ in 0..50 {
+            let _ = cache.authorize(Some("guess")).await;
+        }
+        assert_eq!(reads(), 2, "one re-read per interval, however many wrong tokens");
+        *source.value.lock().unwrap() = secret_json("adm_2");
+        tokio::time::advance(MIN_REFRESH_INTERVAL).await;
+        assert!(cache.authorize(Some("adm_2")).await.is_ok(), "a rotated token works at once");
+        assert_eq!(cache.authorize(Some("adm_1")).await.unwrap_err(), ApiError::InvalidAdminSecret);
     }
 
     #[test]

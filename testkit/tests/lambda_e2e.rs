@@ -193,12 +193,40 @@ async fn logs_are_json_lines_with_an_audit_line_and_no_secrets() {
     assert_eq!(applied["idempotency_key"], "e2e-audit");
     assert!(applied["request_id"].as_str().is_some_and(|id| !id.is_empty()));
     assert!(applied["rc_latency_ms"].is_u64());
+    assert_eq!(applied["source_ip"], "127.0.0.1", "who: API Gateway's view of the caller");
+    assert_eq!(applied["user_agent"], "credits-testkit");
+    let refused =
+        lines.iter().find(|l| l["message"] == "refused" && l["status"] == 403).expect("refusals are audited");
+    assert_eq!(refused["target"], "audit");
+    assert_eq!(refused["detail"], "invalid_admin_secret");
+    assert_eq!(refused["route"], "/admin/credits/adjust");
+    assert_eq!(refused["source_ip"], "127.0.0.1");
     assert!(audits.iter().any(|a| a["outcome"] == "rejected:unprocessable_entity_error"));
     let everything = logs.join("\n");
     for secret in [stack.admin_token.as_str(), &stack.revenuecat.api_key(), &stack.secret_json()] {
         assert!(!everything.contains(secret), "a log line leaks a secret");
     }
     assert!(!everything.contains("adm_wrong_guess"), "not even a wrong token is logged");
+}
+
+#[tokio::test]
+async fn lambda_log_format_and_level_controls_are_honoured() {
+    let mut stack = Stack::start().await;
+    stack.set_env("AWS_LAMBDA_LOG_FORMAT", "Text");
+    let text = stack.lambda("get-balances", 1).await;
+    text.call(&stack.get(&format!("/admin/credits/balances/{DEMO_USER}"))).await;
+    let logs = text.logs();
+    assert!(logs.iter().any(|l| l.contains("INFO") && l.contains("request")), "{logs:#?}");
+    assert!(
+        logs.iter().all(|l| serde_json::from_str::<Value>(l).is_err()),
+        "Text means plain lines: {logs:#?}"
+    );
+
+    stack.set_env("AWS_LAMBDA_LOG_FORMAT", "JSON");
+    stack.set_env("AWS_LAMBDA_LOG_LEVEL", "WARN");
+    let quiet = stack.lambda("get-balances", 1).await;
+    assert_eq!(quiet.call(&stack.get(&format!("/admin/credits/balances/{DEMO_USER}"))).await.status, 200);
+    assert!(quiet.logs().iter().all(|l| !l.contains("\"INFO\"")), "{:#?}", quiet.logs());
 }
 
 #[tokio::test]

@@ -121,8 +121,7 @@ impl Adjustment {
 const KNOWN_FIELDS: [&str; 5] = ["user_id", "amount", "reason", "currency", "idempotency_key"];
 
 fn parse_amount(value: Option<&Value>) -> Result<i64, ApiError> {
-    // Floats, strings and integers beyond i64 all fail `as_i64`.
-    let amount = value.and_then(Value::as_i64).ok_or(ApiError::InvalidAmount)?;
+    let amount = value.and_then(Value::as_number).and_then(whole_number).ok_or(ApiError::InvalidAmount)?;
     if amount == 0 {
         Err(ApiError::AmountMustBeNonzero)
     } else if amount.unsigned_abs() > MAX_ABS_AMOUNT.unsigned_abs() {
@@ -130,6 +129,14 @@ fn parse_amount(value: Option<&Value>) -> Result<i64, ApiError> {
     } else {
         Ok(amount)
     }
+}
+
+/// Only integer literals: a float that happens to be whole (`100.0`) is
+/// refused, because for money-like amounts `0.99999999999999999` (which
+/// parses as 1.0) must never become a grant of 1. Any zero (`-0` is an
+/// integer literal the parser reads as a float) is reported as zero.
+fn whole_number(number: &serde_json::Number) -> Option<i64> {
+    number.as_i64().or_else(|| (number.as_f64() == Some(0.0)).then_some(0))
 }
 
 fn parse_reason(raw: &str) -> Result<String, ApiError> {
@@ -144,7 +151,9 @@ fn parse_reason(raw: &str) -> Result<String, ApiError> {
 /// Validates a client idempotency key (from the body or the header).
 pub fn parse_idempotency_key(raw: &str) -> Result<String, ApiError> {
     let chars = raw.chars().count();
-    if (1..=MAX_IDEMPOTENCY_KEY_CHARS).contains(&chars) && !raw.chars().any(char::is_control) {
+    // U+FFFD stands for bytes that were not text: such a key cannot be compared reliably.
+    let garbled = |c: char| c.is_control() || c == char::REPLACEMENT_CHARACTER;
+    if (1..=MAX_IDEMPOTENCY_KEY_CHARS).contains(&chars) && !raw.chars().any(garbled) {
         Ok(raw.to_owned())
     } else {
         Err(ApiError::InvalidIdempotencyKey)
@@ -234,6 +243,10 @@ mod tests {
             (r#"{"user_id":7,"amount":1,"reason":"abc"}"#, ApiError::InvalidUserId),
             (r#"{"user_id":"u","amount":0,"reason":"abc"}"#, ApiError::AmountMustBeNonzero),
             (r#"{"user_id":"u","amount":1.5,"reason":"abc"}"#, ApiError::InvalidAmount),
+            (r#"{"user_id":"u","amount":-0,"reason":"abc"}"#, ApiError::AmountMustBeNonzero),
+            (r#"{"user_id":"u","amount":0.0,"reason":"abc"}"#, ApiError::AmountMustBeNonzero),
+            (r#"{"user_id":"u","amount":25.0,"reason":"abc"}"#, ApiError::InvalidAmount),
+            (r#"{"user_id":"u","amount":0.99999999999999999,"reason":"abc"}"#, ApiError::InvalidAmount),
             (r#"{"user_id":"u","amount":"5","reason":"abc"}"#, ApiError::InvalidAmount),
             (r#"{"user_id":"u","reason":"abc"}"#, ApiError::InvalidAmount),
             (r#"{"user_id":"u","amount":1000000001,"reason":"abc"}"#, ApiError::InvalidAmount),

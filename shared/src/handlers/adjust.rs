@@ -45,10 +45,10 @@ impl Endpoint for AdjustCredits {
     type Prepared = Claim;
 
     fn validate(request: &ApiRequest) -> Result<Adjustment, ApiError> {
-        if !is_json_or_unspecified(request.header(header::CONTENT_TYPE)) {
+        if !is_json_or_unspecified(request.header(header::CONTENT_TYPE).as_deref()) {
             return Err(ApiError::UnsupportedMediaType);
         }
-        Adjustment::parse(&request.body, request.header("idempotency-key"))
+        Adjustment::parse(&request.body, request.header("idempotency-key").as_deref())
     }
 
     /// Claims the adjustment while the rate limiter decides: every
@@ -272,6 +272,8 @@ impl Audit<'_> {
         tracing::info!(
             target: "audit",
             request_id = %self.request.request_id,
+            source_ip = self.request.caller.source_ip.as_deref().unwrap_or(""),
+            user_agent = self.request.caller.user_agent.as_deref().unwrap_or(""),
             user_id = %self.adjustment.user_id,
             amount = self.adjustment.amount,
             currency = %self.adjustment.currency,
