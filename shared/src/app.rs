@@ -66,7 +66,10 @@ impl App {
 
     /// Production wiring from the environment (spec §2).
     pub async fn from_env() -> Arc<Self> {
-        let aws = aws_config::load_from_env().await;
+        let aws = aws_config::defaults(aws_config::BehaviorVersion::latest())
+            .http_client(crate::tls::aws_http_client())
+            .load()
+            .await;
         Self::from_config(Config::from_env(), &aws)
     }
 
@@ -104,6 +107,36 @@ impl App {
         };
         let revenuecat = Arc::new(RevenueCatHttp::new(http, &config.revenuecat_api_url));
         Self::new(config, Adapters { secrets, rate_limits, idempotency, outbox, revenuecat, notifier })
+    }
+
+    /// Starts, without waiting, what `function`'s first request would
+    /// otherwise do itself: read the secret, open the DynamoDB and RevenueCat
+    /// connections (TLS set-up included), and for `list-currencies` fetch the
+    /// currency list. The first request joins whatever is still in flight
+    /// through the caches' locks; failures are only logged, and everything is
+    /// bounded, so a slow upstream never lengthens or fails init.
+    pub fn warm_up(self: &Arc<Self>, functions: &[Function]) {
+        const BUDGET: Duration = Duration::from_secs(2);
+        let app = self.clone();
+        let lists_currencies = functions.contains(&Function::ListCurrencies);
+        tokio::spawn(async move {
+            let secret_and_currencies = async {
+                let Ok(secret) = app.secrets.current().await else { return };
+                if lists_currencies {
+                    let _ = app.currencies(&secret.revenuecat).await;
+                }
+            };
+            let revenuecat = async {
+                if !lists_currencies {
+                    app.revenuecat.warm_up().await;
+                }
+            };
+            let warmed = tokio::time::timeout(BUDGET, async {
+                tokio::join!(secret_and_currencies, app.rate_limits.warm_up(), revenuecat)
+            })
+            .await;
+            tracing::debug!(complete = warmed.is_ok(), "init warm-up finished");
+        });
     }
 
     /// Step 4 of the pipeline: one atomic admission per request. An
@@ -151,6 +184,7 @@ pub fn http_client(config: &Config) -> reqwest::Client {
         .connect_timeout(Duration::from_secs(2).min(config.revenuecat_timeout))
         .timeout(config.revenuecat_timeout)
         .user_agent(concat!("credits-admin/", env!("CARGO_PKG_VERSION")))
+        .tls_certs_only(crate::tls::public_roots())
         .build()
         .expect("a TLS backend is compiled in")
 }

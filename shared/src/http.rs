@@ -139,11 +139,12 @@ struct Route {
 pub struct Router {
     app: Arc<App>,
     routes: Arc<Vec<Route>>,
+    functions: Vec<Function>,
 }
 
 impl Router {
     pub fn new(app: Arc<App>) -> Self {
-        Self { app, routes: Arc::new(Vec::new()) }
+        Self { app, routes: Arc::new(Vec::new()), functions: Vec::new() }
     }
 
     pub fn route<E: Endpoint>(mut self) -> Self {
@@ -153,6 +154,14 @@ impl Router {
             pattern: E::PATH,
             pipeline: Box::new(|app, request| Box::pin(run_pipeline::<E>(app, request))),
         });
+        self.functions.push(E::FUNCTION);
+        self
+    }
+
+    /// Warms up what these routes' first requests need (see `App::warm_up`);
+    /// for Lambda init, before the runtime starts polling.
+    pub fn warm_up(self) -> Self {
+        self.app.warm_up(&self.functions);
         self
     }
 

@@ -18,6 +18,7 @@ pub mod ports;
 pub mod reconcile;
 pub mod secrets;
 pub mod telemetry;
+pub mod tls;
 
 pub use app::{Adapters, App};
 pub use http::Router;

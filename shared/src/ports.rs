@@ -36,6 +36,9 @@ pub trait RateLimitStore: Send + Sync {
         limit: u32,
         expires_at: u64,
     ) -> Result<Option<u32>, StoreError>;
+
+    /// Opens the connection the first admission will use (called during init).
+    async fn warm_up(&self) {}
 }
 
 /// Credentials for one RevenueCat project, read from the admin secret.
@@ -129,6 +132,9 @@ pub trait RevenueCat: Send + Sync {
         creds: &RcCredentials,
         transaction: &Transaction,
     ) -> Result<Vec<Balance>, RcError>;
+
+    /// Opens the connection the first call will use (called during init).
+    async fn warm_up(&self) {}
 }
 
 /// The realtime gateway that relays `usage.changed` to the customer's devices.

@@ -135,7 +135,7 @@ async fn secrets_manager_unreachable_is_503_secret_store_unavailable() {
     stack.set_env("AWS_ENDPOINT_URL_SECRETS_MANAGER", "http://127.0.0.1:9");
     let (reply, _) = adjust_once(&mut stack, None).await;
     reply.assert_error(503, "secret_store_unavailable");
-    assert_eq!(stack.revenuecat.request_count(Route::Any), 0);
+    assert_eq!(stack.revenuecat.request_count(Route::Transaction), 0);
 }
 
 #[tokio::test]
@@ -145,7 +145,7 @@ async fn secrets_manager_denying_access_is_503_secret_store_unavailable() {
     stack.set_env("AWS_ENDPOINT_URL_SECRETS_MANAGER", &denied);
     let (reply, _) = adjust_once(&mut stack, None).await;
     reply.assert_error(503, "secret_store_unavailable");
-    assert_eq!(stack.revenuecat.request_count(Route::Any), 0);
+    assert_eq!(stack.revenuecat.request_count(Route::Transaction), 0);
 }
 
 #[tokio::test]
@@ -163,7 +163,7 @@ async fn a_secret_missing_a_key_is_503_naming_it() {
     stack.put_raw_secret(&incomplete.to_string()).await;
     let (reply, _) = adjust_once(&mut stack, None).await;
     assert_eq!(reply.detail(), "admin_unconfigured: revenuecat_project_id is not set");
-    assert_eq!(stack.revenuecat.request_count(Route::Any), 0);
+    assert_eq!(stack.revenuecat.request_count(Route::Transaction), 0);
 }
 
 /// A stand-in for Secrets Manager that refuses every call as IAM would.

@@ -4,9 +4,11 @@
 use credits::handlers::AdjustCredits;
 use credits::{App, Router};
 
-#[tokio::main]
+// One request at a time per instance: a single thread avoids cross-thread
+// wake-ups while `tokio::join!` still overlaps the upstream calls.
+#[tokio::main(flavor = "current_thread")]
 async fn main() -> Result<(), lambda_runtime::Error> {
     credits::telemetry::init();
-    let app = App::from_env().await;
-    credits::lambda::run_http_and_schedule(Router::new(app).route::<AdjustCredits>()).await
+    let router = Router::new(App::from_env().await).route::<AdjustCredits>();
+    credits::lambda::run_http_and_schedule(router.warm_up()).await
 }

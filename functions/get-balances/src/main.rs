@@ -3,9 +3,11 @@
 use credits::handlers::GetBalances;
 use credits::{App, Router};
 
-#[tokio::main]
+// One request at a time per instance: a single thread avoids cross-thread
+// wake-ups while `tokio::join!` still overlaps the upstream calls.
+#[tokio::main(flavor = "current_thread")]
 async fn main() -> Result<(), lambda_http::Error> {
     credits::telemetry::init();
-    let app = App::from_env().await;
-    lambda_http::run(Router::new(app).route::<GetBalances>()).await
+    let router = Router::new(App::from_env().await).route::<GetBalances>();
+    lambda_http::run(router.warm_up()).await
 }

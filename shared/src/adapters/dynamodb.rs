@@ -55,6 +55,19 @@ pub(crate) fn n(value: impl ToString) -> AttributeValue {
 
 #[async_trait]
 impl RateLimitStore for DynamoStore {
+    /// A read of a key that never exists: cheap, and it leaves a warm
+    /// connection in the SDK's pool.
+    async fn warm_up(&self) {
+        let _ = self
+            .client
+            .get_item()
+            .table_name(&self.table)
+            .key("pk", s("warmup"))
+            .key("sk", s("-"))
+            .send()
+            .await;
+    }
+
     async fn try_admit(
         &self,
         bucket: &str,

@@ -133,6 +133,12 @@ impl RevenueCatHttp {
 
 #[async_trait]
 impl RevenueCat for RevenueCatHttp {
+    /// An unauthenticated HEAD of the API root: no quota, no body, and a
+    /// warm connection in reqwest's pool.
+    async fn warm_up(&self) {
+        let _ = self.client.head(&self.base_url).send().await;
+    }
+
     async fn list_currencies(&self, creds: &RcCredentials) -> Result<Vec<Currency>, RcError> {
         let url = self.url(creds, None, "/virtual_currencies").map_err(Failure::into_generic)?;
         let items = self.get_all_pages(creds, url).await.map_err(Failure::into_generic)?;
