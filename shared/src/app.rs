@@ -120,6 +120,10 @@ impl App {
         let app = self.clone();
         let lists_currencies = functions.contains(&Function::ListCurrencies);
         tokio::spawn(async move {
+            // On the single-threaded runtime this task would otherwise prepare
+            // its requests before the runtime's first `GET /next` is written,
+            // delaying it by ~1 ms; the event cannot arrive before that anyway.
+            tokio::time::sleep(Duration::from_millis(1)).await;
             let secret_and_currencies = async {
                 let Ok(secret) = app.secrets.current().await else { return };
                 if lists_currencies {

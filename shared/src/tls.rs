@@ -12,9 +12,26 @@ fn is_aws_root(der: &[u8]) -> bool {
     contains(b"Amazon Root CA") || contains(b"Starfield Services Root Certificate Authority")
 }
 
-/// The HTTP client for the AWS SDK, trusting only the AWS roots.
+/// PEM certificates to trust in addition to the bundled roots, from the file
+/// named by `CREDITS_EXTRA_ROOTS_FILE` (a TLS-intercepting proxy, a local
+/// TLS test server). Read only when the variable is set.
+fn extra_roots_pem() -> Option<Vec<u8>> {
+    let path = std::env::var_os("CREDITS_EXTRA_ROOTS_FILE")?;
+    match std::fs::read(&path) {
+        Ok(pem) => Some(pem),
+        Err(error) => {
+            tracing::error!(path = %path.to_string_lossy(), %error, "CREDITS_EXTRA_ROOTS_FILE cannot be read");
+            None
+        }
+    }
+}
+
+/// The HTTP client for the AWS SDK, trusting only the AWS roots (and any extra ones).
 pub fn aws_http_client() -> aws_smithy_runtime_api::client::http::SharedHttpClient {
     let mut trust = TrustStore::empty().with_native_roots(false);
+    if let Some(pem) = extra_roots_pem() {
+        trust = trust.with_pem_certificate(pem);
+    }
     for root in webpki_root_certs::TLS_SERVER_ROOT_CERTS.iter().filter(|c| is_aws_root(c)) {
         let base64 = base64::engine::general_purpose::STANDARD.encode(root.as_ref());
         trust = trust.with_pem_certificate(format!(
