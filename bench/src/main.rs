@@ -26,6 +26,7 @@ use std::sync::Arc;
 use std::task::Poll;
 use std::time::{Duration, Instant};
 
+use credits_sandbox::{Fault, Route};
 use credits_testkit::runtime_api::{Invocation, RuntimeApiEmulator};
 use credits_testkit::stack::{Call, Reply, Stack};
 
@@ -59,6 +60,8 @@ async fn refill_quota() {
 }
 /// Warm-up requests on a new instance before warm samples are taken.
 const WARM_UP: usize = 5;
+/// Accept any HTTP status (warm-up requests that are meant to fail).
+const ANY_STATUS: u16 = 0;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Endpoint {
@@ -217,7 +220,7 @@ async fn run(root: PathBuf, out: PathBuf, samples: Samples) -> Result<(), String
         }
     }
 
-    // The local CA for the TLS runs (None: no `openssl` command, TLS runs skipped).
+    // The local CA for the TLS runs (an error, e.g. no `openssl` command, skips them).
     let certs = Certs::generate(&root.join("target").join("bench-tls"));
 
     eprintln!("credits-bench: starting moto, the RevenueCat sandbox and the gateway stand-in");
@@ -267,7 +270,9 @@ async fn run(root: PathBuf, out: PathBuf, samples: Samples) -> Result<(), String
         match Cgroup::create(&format!("credits-bench-{tag}-{mb}mb"), Some(cpu_quota(mb))) {
             Ok((cgroup, how)) => {
                 caps.push((mb, cgroup));
-                limiter = how;
+                if mb == 128 {
+                    limiter = how;
+                }
             }
             Err(e) => limiter = format!("not measured (no usable CPU limiter: {e})"),
         }
@@ -338,7 +343,26 @@ async fn run(root: PathBuf, out: PathBuf, samples: Samples) -> Result<(), String
         }
     }
     bench.recorder.set_delay(Duration::ZERO);
+    let mut tls_note = tls_note;
     if let Some(env_tls) = &bench.env_tls {
+        // A trial first: functions that trust only the roots compiled into
+        // them refuse the local CA, and then there is nothing to measure.
+        for b in binaries.iter().skip(1) {
+            if let Err(e) = bench.cold_sample(b.name, bench.free.as_ref(), env_tls).await {
+                let first_line = e.lines().next().unwrap_or_default();
+                tls_note = Some(format!(
+                    "a function refused the benchmark's local CA on one of its upstreams (the functions trust \
+                     the roots compiled into them, plus those of a PEM file named by `{}` where they honour \
+                     it, which the benchmark sets for these runs); first failure, {}: {}",
+                    tls::EXTRA_ROOTS_VAR,
+                    b.name,
+                    first_line.chars().take(300).collect::<String>()
+                ));
+                break;
+            }
+        }
+    }
+    if let (Some(env_tls), None) = (&bench.env_tls, &tls_note) {
         // Over TLS, unthrottled and at each memory size's CPU share. The floor
         // makes no upstream calls; its row holds plain runs at the same caps.
         let mut modes = vec![(None, samples.cold)];
@@ -408,6 +432,8 @@ async fn run(root: PathBuf, out: PathBuf, samples: Samples) -> Result<(), String
     let at = endpoints.iter().position(|e| e.label == Endpoint::Currencies.label()).map_or(0, |i| i + 1);
     endpoints.insert(at, uncached);
 
+    let blind_spot = bench.proxy_blind_spot(samples.warm).await?;
+
     eprintln!("credits-bench: TLS probe");
     let probes = match &certs {
         Ok(certs) => bench.tls_probe(certs, samples.probes).await,
@@ -438,6 +464,7 @@ async fn run(root: PathBuf, out: PathBuf, samples: Samples) -> Result<(), String
         probe_capped: probes.capped,
         probe_given_roots: probes.given_roots,
         probe_note: probes.note,
+        blind_spot,
         elapsed: started.elapsed(),
     };
     write_doc(&out, &results.render())?;
@@ -472,7 +499,7 @@ impl Bench {
         process: &FnProcess,
     ) -> Result<(), String> {
         match outcome {
-            Invocation::Response(_) if endpoint == Endpoint::Floor => Ok(()),
+            Invocation::Response(_) if endpoint == Endpoint::Floor || expected == ANY_STATUS => Ok(()),
             Invocation::Response(body) if body["statusCode"].as_u64() == Some(expected.into()) => Ok(()),
             Invocation::Response(body) => {
                 let reply = Reply::from_proxy_response(body);
@@ -514,12 +541,11 @@ impl Bench {
         let first = relay.first_request().ok_or("the function never polled /next")?;
         // CPU and memory once the process is idle again (parked on /next).
         wait_until(Duration::from_secs(5), || emulator.waiting_pollers() >= 1).await;
-        let (upstream, waves, _) = busy(&calls, process.spawned_at, done);
+        let (upstream, _, _) = busy(&calls, process.spawned_at, done);
         let sample = ColdSample {
             init: first.saturating_duration_since(process.spawned_at),
             response: done - process.spawned_at,
             upstream,
-            waves,
             cpu: process.cpu_time(),
             rss_kib: process.peak_rss_kib(),
         };
@@ -629,11 +655,18 @@ impl Bench {
         Ok((results, process.peak_rss_kib()))
     }
 
-    /// The currency list on an instance whose list cache is empty but whose
-    /// secret is cached: a fresh instance answers one request without a
-    /// bearer (which fetches the secret and stops at 401), then the measured one.
+    /// The currency list on a warm instance whose cached list has expired.
+    ///
+    /// The list is cached for 60 s per instance, so each sample uses a fresh
+    /// instance on which every RevenueCat list fetch fails (the sandbox
+    /// answers 500) until the measured request: the one the function makes
+    /// during init, if it warms up, and those of [`WARM_UP`] requests that
+    /// exercise the whole path (secret, admission, RevenueCat) without
+    /// filling the cache. The measured request then finds the secret cached,
+    /// the connections open and the code paths warm, but the list not cached.
     async fn uncached_currencies(&self, n: usize) -> Result<EndpointResult, String> {
         let endpoint = Endpoint::Currencies;
+        let prefetches = self.prefetches_currencies().await?;
         let mut result = EndpointResult {
             label: "currencies, list not cached",
             binary: endpoint.binary(),
@@ -641,19 +674,44 @@ impl Bench {
             instant: Vec::new(),
             slow: Vec::new(),
             cpu_per_request: None,
-            note: Some(
-                "one fresh instance per sample (the list is cached for 60 s per instance); its first request, \
-                 sent without a bearer, fetches the secret and is answered 401, so the measured request finds \
-                 the secret cached but the list, and the DynamoDB and RevenueCat connections, cold. \
-                 CPU per request is not measured here.",
-            ),
+            note: Some(format!(
+                "one fresh instance per sample (the list is cached for 60 s per instance), on which the \
+                 RevenueCat list fetch fails (the sandbox answers 500) {}for {WARM_UP} requests that exercise \
+                 the whole path without filling the cache; the measured request then finds the secret cached, \
+                 the connections open and the code warm, but the list not cached, as on a long-lived instance \
+                 whose list expired. CPU per request is not measured here.",
+                if prefetches { "during init and " } else { "" }
+            )),
         };
+        let sandbox = &self.stack.revenuecat;
+        let failing = WARM_UP + usize::from(prefetches);
         for delay in [Duration::ZERO, UPSTREAM_DELAY] {
             self.recorder.set_delay(delay);
             for _ in 0..n {
+                let listed = sandbox.request_count(Route::ListCurrencies);
+                let fault = Fault::Status {
+                    status: 500,
+                    error_type: "server_error".into(),
+                    retryable: false,
+                    backoff_ms: None,
+                };
+                sandbox.inject(Route::ListCurrencies, fault, failing);
                 let (emulator, process) = self.instance(endpoint.binary()).await?;
-                let unauthenticated = self.call(endpoint, 0).without_header("authorization");
-                self.warm_request(&emulator, &process, endpoint, unauthenticated, 401).await?;
+                if prefetches {
+                    let fetched = || sandbox.request_count(Route::ListCurrencies) > listed;
+                    if !wait_until(Duration::from_secs(5), fetched).await {
+                        return Err("list-currencies no longer fetches the list during init".into());
+                    }
+                    // Let the failed fetch's answer arrive and the warm-up finish.
+                    tokio::time::sleep(delay * 2 + Duration::from_millis(20)).await;
+                }
+                for i in 0..WARM_UP {
+                    self.warm_request(&emulator, &process, endpoint, self.call(endpoint, i), ANY_STATUS)
+                        .await?;
+                }
+                if sandbox.request_count(Route::ListCurrencies) != listed + failing {
+                    return Err("the currency list was fetched more or less often than planned".into());
+                }
                 let sample =
                     self.warm_request(&emulator, &process, endpoint, self.call(endpoint, 0), 200).await?;
                 if delay.is_zero() {
@@ -665,6 +723,37 @@ impl Bench {
         }
         self.recorder.set_delay(Duration::ZERO);
         Ok(result)
+    }
+
+    /// Whether a fresh `list-currencies` instance fetches the currency list by
+    /// itself during init (before any request).
+    async fn prefetches_currencies(&self) -> Result<bool, String> {
+        let sandbox = &self.stack.revenuecat;
+        let listed = sandbox.request_count(Route::ListCurrencies);
+        let _instance = self.instance(Endpoint::Currencies.binary()).await?;
+        Ok(wait_until(Duration::from_secs(1), || sandbox.request_count(Route::ListCurrencies) > listed).await)
+    }
+
+    /// What a client sees of one call through a proxy beyond the interval the
+    /// proxy records (loopback transfer both ways, HTTP parsing and writing on
+    /// both sides, the client's own work): an upper bound for the part of a
+    /// function's measured overhead that is really the call's transport.
+    async fn proxy_blind_spot(&self, n: usize) -> Result<Option<Duration>, String> {
+        let Some((_, gateway)) = self.env.iter().find(|(k, _)| k == "GATEWAY_URL") else { return Ok(None) };
+        let client = reqwest::Client::new();
+        let url = format!("{gateway}/benchmark-calibration");
+        let mut gaps = Vec::with_capacity(n);
+        for i in 0..n + WARM_UP {
+            self.recorder.clear();
+            let start = Instant::now();
+            client.get(&url).send().await.map_err(s)?.bytes().await.map_err(s)?;
+            let seen = start.elapsed();
+            let recorded: Duration = self.recorder.take().iter().map(|c| c.end - c.start).sum();
+            if i >= WARM_UP {
+                gaps.push(seen.saturating_sub(recorded));
+            }
+        }
+        Ok(report::median(gaps))
     }
 
     /// Probe runs: (unthrottled, at 1/14 vCPU, unthrottled with the SDK given roots only).

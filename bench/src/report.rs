@@ -27,6 +27,8 @@ pub struct Results {
     /// Unthrottled, with the SDK's HTTPS client given roots only.
     pub probe_given_roots: Option<ProbeResult>,
     pub probe_note: Option<String>,
+    /// Per call: client-observed latency minus the proxy's recorded interval.
+    pub blind_spot: Option<Duration>,
     pub elapsed: Duration,
 }
 
@@ -59,8 +61,6 @@ pub struct ColdSample {
     pub response: Duration,
     /// Of `response`, time with at least one upstream call in flight.
     pub upstream: Duration,
-    /// Sequential groups of upstream calls.
-    pub waves: usize,
     /// CPU time for init and the first request (all threads).
     pub cpu: Option<Duration>,
     pub rss_kib: Option<u64>,
@@ -105,7 +105,7 @@ pub struct EndpointResult {
     pub slow: Vec<WarmSample>,
     pub cpu_per_request: Option<Duration>,
     /// How the samples were taken, if not on one long-lived instance.
-    pub note: Option<&'static str>,
+    pub note: Option<String>,
 }
 
 // ---------------------------------------------------------------- statistics
@@ -172,7 +172,6 @@ struct Cold {
     response: Option<Duration>,
     own: Option<Duration>,
     cpu: Option<Duration>,
-    waves: Option<usize>,
     rss: Option<u64>,
 }
 
@@ -183,7 +182,6 @@ impl Cold {
             response: median(samples.iter().map(|s| s.response)),
             own: median(samples.iter().map(|s| s.response.saturating_sub(s.upstream))),
             cpu: median(samples.iter().filter_map(|s| s.cpu)),
-            waves: median_usize(samples.iter().map(|s| s.waves)),
             rss: samples.iter().filter_map(|s| s.rss_kib).max(),
         }
     }
@@ -228,6 +226,18 @@ fn most_frequent(values: impl IntoIterator<Item = [u8; 3]>) -> Option<[u8; 3]> {
 
 const DELAY_MS: f64 = 20.0;
 
+/// Sequential round trips in a binary's cold request: what 20 ms per call
+/// adds to its median, ÷ 20 ms, e.g. "3 (3.1)".
+fn cold_round_trips(b: &BinaryResult) -> String {
+    match (Cold::of(&b.cold_slow).response, Cold::of(&b.cold_free).response) {
+        (Some(slow), Some(free)) => {
+            let n = ms(slow.saturating_sub(free)) / DELAY_MS;
+            format!("{:.0} ({n:.1})", n.round())
+        }
+        _ => "–".into(),
+    }
+}
+
 // ---------------------------------------------------------------- rendering
 
 impl Results {
@@ -260,15 +270,20 @@ impl Results {
             "# Performance\n\n\
              Figures from one run of the benchmark (`bench/`, package `credits-bench`):\n\n\
              ```sh\ncargo run --release -p credits-bench\n```\n\n\
-             It builds the release binaries (`lto = \"fat\"`, `codegen-units = 1`, `strip`, `panic = \"abort\"`) \
-             of the three functions and of `hello-floor` — a minimal `lambda_runtime` function that echoes \
+             It builds the release binaries (the workspace's `[profile.release]`) of the three functions \
+             and of `hello-floor` — a minimal `lambda_runtime` function that echoes \
              the event, with the same tokio setup — and runs each as a separate process under testkit's \
              Lambda Runtime API emulator, against moto (DynamoDB, Secrets Manager), the RevenueCat sandbox and \
              the gateway stand-in. Every upstream call goes through a recording proxy (`bench/src/latency_proxy.rs`), \
              which can add a delay before forwarding; the functions reach it through `AWS_ENDPOINT_URL`, \
              `REVENUECAT_API_URL` and `GATEWAY_URL`. `RATE_LIMIT_PER_MINUTE` is 1000000 so nothing is throttled. \
-             Everything is plain HTTP on loopback: **no TLS handshake happens in these runs** (see \
-             [What TLS would add](#what-tls-would-add)). `--quick` runs fewer samples; `--no-build` skips the build.\n\n\
+             The functions are built in their own cargo invocation, so their features are exactly the deployed \
+             ones. Upstreams are plain HTTP on loopback, so **no TLS handshake happens in the main runs**; one \
+             set of cold starts reaches the same upstreams over HTTPS \
+             ([Cold start over TLS](#cold-start-over-tls-by-memory-size)), and a probe measures the pieces \
+             ([What TLS would add](#what-tls-would-add)). `--quick` runs fewer samples, `--no-build` skips the build, `--out FILE` writes elsewhere, and \
+             `BENCH_BIN_DIR=DIR` measures the binaries in another directory (e.g. a build with other profile \
+             settings). The run takes about two minutes after the build.\n\n\
              - Run: {when}, {elapsed:.0} s; {cpu}, {cores} cores, Linux {kernel}, {rustc}, x86_64 \
              (Lambda runs these as arm64).\n\
              - Binaries: {binaries}.\n\
@@ -342,9 +357,19 @@ impl Results {
                 let c = Cold::of(&b.cold_capped);
                 capped.push(format!("{} {}", b.name, fmt_ratio(pick(&c), pick(&floor_capped))));
             }
+            let own = if what == "cold request" {
+                let ratios: Vec<String> = self
+                    .functions()
+                    .iter()
+                    .map(|b| format!("{} {}", b.name, fmt_ratio(Cold::of(&b.cold_free).own, floor.own)))
+                    .collect();
+                format!("; without upstream time: {}", ratios.join(", "))
+            } else {
+                String::new()
+            };
             let _ = writeln!(
                 out,
-                "| {what} ≤ 3× the floor (floor: {}) | {}; at 1/14 vCPU: {} | {} |",
+                "| {what} ≤ 3× the floor (floor: {}) | {}{own}; at 1/14 vCPU: {} | {} |",
                 fmt_ms(pick(&floor)),
                 parts.join(", "),
                 if self.floor().cold_capped.is_empty() { "not measured".into() } else { capped.join(", ") },
@@ -452,21 +477,18 @@ impl Results {
             let c = Cold::of(&b.cold_free);
             let _ = writeln!(
                 out,
-                "| `{}` | {}{} ({}) | {} ({}) | {} ({}) | {} ({}) | {} | {} | {} |",
+                "| `{}` | {}{} ({:.1}×) | {} ({}) | {} ({}) | {} ({}) | {} | {} | {} |",
                 b.name,
                 fmt_size(b.size_bytes),
                 if b.stripped { "" } else { " (not stripped!)" },
-                fmt_ratio(
-                    Some(Duration::from_nanos(b.size_bytes)),
-                    Some(Duration::from_nanos(self.floor().size_bytes))
-                ),
+                b.size_bytes as f64 / self.floor().size_bytes.max(1) as f64,
                 fmt_ms(c.init),
                 fmt_ratio(c.init, floor.init),
                 fmt_ms(c.response),
                 fmt_ratio(c.response, floor.response),
                 fmt_ms(c.own),
                 fmt_ratio(c.own, floor.own),
-                Cold::of(&b.cold_slow).waves.map_or("–".into(), |n| n.to_string()),
+                cold_round_trips(b),
                 fmt_ms(c.cpu),
                 fmt_mib(b.warm_rss_kib.max(c.rss)),
             );
@@ -474,8 +496,11 @@ impl Results {
         let _ = writeln!(
             out,
             "\n\"Upstream round trips in the cold request\" comes from {} extra cold starts per function with \
-             20 ms added to every upstream call (median cold request there: {}). Peak RSS is `VmHWM` of the \
-             instance that served all the warm requests (or of a cold instance, whichever is higher).\n",
+             20 ms added to every upstream call (median cold request there: {}): the time they add over the \
+             unthrottled cold request, ÷ 20 ms. (Counting overlapping calls, as for warm requests, does not \
+             work here: the init warm-up's calls start while the request's own are in flight and chain \
+             sequential calls together.) Peak RSS is `VmHWM` of the instance that served all the warm \
+             requests (or of a cold instance, whichever is higher).\n",
             self.samples.cold_slow,
             self.functions()
                 .iter()
@@ -592,8 +617,11 @@ impl Results {
                 e.target_round_trips.map_or("–".into(), |n| format!("≤ {n}")),
             );
         }
-        let notes: Vec<String> =
-            self.endpoints.iter().filter_map(|e| e.note.map(|n| format!("- {}: {n}", e.label))).collect();
+        let notes: Vec<String> = self
+            .endpoints
+            .iter()
+            .filter_map(|e| e.note.as_ref().map(|n| format!("- {}: {n}", e.label)))
+            .collect();
         let _ = writeln!(
             out,
             "\nOverhead at 20 ms per call (same definition): {}.\n",
@@ -606,6 +634,18 @@ impl Results {
         );
         if !notes.is_empty() {
             let _ = writeln!(out, "{}\n", notes.join("\n"));
+        }
+        if let Some(gap) = self.blind_spot {
+            let _ = writeln!(
+                out,
+                "Part of each overhead is the calls' transport, which the proxy cannot see: a plain reqwest \
+                 client in the benchmark process sees each call through a proxy {} longer than the interval \
+                 the proxy records (median of {} calls; loopback transfer both ways, HTTP parsing and writing \
+                 on both sides, and that client's own work, so an upper bound). Requests whose calls form n \
+                 sequential round trips carry up to about n × that in their overhead.\n",
+                fmt_ms(Some(gap)),
+                self.samples.warm
+            );
         }
     }
 
@@ -629,15 +669,22 @@ impl Results {
         );
         let _ = writeln!(out, "| Step | Unthrottled | At 1/14 vCPU |\n|---|---|---|");
         let rows = [
-            ("`aws_config::load_from_env` + DynamoDB and Secrets Manager clients", "aws_config_and_clients"),
+            (
+                "`aws_config::load_from_env` + DynamoDB and Secrets Manager clients (default HTTPS client: system store)",
+                "aws_config_and_clients",
+            ),
             ("aws-lc-rs: first random bytes in the process (DRBG seeding)", "rng_first"),
             ("aws-lc-rs: first random bytes in a new thread", "rng_new_thread"),
             ("read the system root store (rustls-native-certs) into a `RootCertStore`", "native_roots"),
             (
-                "reqwest client, platform verifier (as `credits::app::http_client`)",
+                "reqwest client, platform verifier (reqwest's default: system store)",
                 "reqwest_platform_verifier",
             ),
-            ("reqwest client, given roots only (as with bundled roots)", "reqwest_given_roots"),
+            (
+                "reqwest client, the Mozilla roots compiled in (`webpki-root-certs`, as `shared/src/tls.rs`)",
+                "reqwest_mozilla_roots",
+            ),
+            ("reqwest client, one given root", "reqwest_given_roots"),
             ("first request, new plain HTTP connection", "http_first"),
             ("first request, new HTTPS connection (TCP + TLS 1.3 handshake)", "https_first"),
             ("next request on that HTTPS connection", "https_reused"),
@@ -656,7 +703,7 @@ impl Results {
         if let Some(given) = &self.probe_given_roots {
             let _ = writeln!(
                 out,
-                "| the first step with the SDK's HTTPS client given roots only (`aws_smithy_http_client::tls::TrustStore::empty().with_pem_certificate(..)`, separate runs) | {} | – |",
+                "| the first step with the SDK's HTTPS client given roots only (`TrustStore::empty().with_pem_certificate(..)`, as `shared/src/tls.rs`; separate runs) | {} | – |",
                 cell(given, "aws_config_and_clients"),
             );
         }

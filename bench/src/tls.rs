@@ -128,10 +128,15 @@ impl Certs {
         Ok(Certs { ca_pem: dir.join("ca.pem"), bundle: dir.join("bundle.pem"), server: Arc::new(server) })
     }
 
-    /// `SSL_CERT_FILE` / `SSL_CERT_DIR` for a process that should trust the local CA
-    /// and still read the system's roots (file and directory, as the default probe does).
+    /// Environment for a function that should trust the local CA: `SSL_CERT_FILE`
+    /// / `SSL_CERT_DIR` for clients that read the system's roots (file and
+    /// directory, as the default probe does), and [`EXTRA_ROOTS_VAR`] for
+    /// clients with bundled roots, if the functions honour it.
     pub fn env(&self) -> Vec<(String, String)> {
-        let mut env = vec![("SSL_CERT_FILE".to_owned(), self.bundle.to_string_lossy().into_owned())];
+        let mut env = vec![
+            ("SSL_CERT_FILE".to_owned(), self.bundle.to_string_lossy().into_owned()),
+            (EXTRA_ROOTS_VAR.to_owned(), self.ca_pem.to_string_lossy().into_owned()),
+        ];
         if Path::new(SYSTEM_CERT_DIR).is_dir() {
             env.push(("SSL_CERT_DIR".to_owned(), SYSTEM_CERT_DIR.to_owned()));
         }
@@ -149,6 +154,11 @@ impl Certs {
         Ok(())
     }
 }
+
+/// A PEM file of extra roots for functions that otherwise trust only the
+/// roots compiled into them. Not read by the functions unless they implement
+/// it; without it their TLS cold starts cannot be measured against a local CA.
+pub const EXTRA_ROOTS_VAR: &str = "CREDITS_EXTRA_ROOTS_FILE";
 
 const SYSTEM_BUNDLE: &str = "/etc/ssl/certs/ca-certificates.crt";
 const SYSTEM_CERT_DIR: &str = "/etc/ssl/certs";
@@ -362,6 +372,15 @@ pub fn probe_main() -> Result<(), String> {
         let start = mark();
         let _platform = reqwest::Client::builder().build().map_err(|e| e.to_string())?;
         r.finish("reqwest_platform_verifier", start);
+
+        let start = mark();
+        let mozilla: Vec<reqwest::Certificate> = webpki_root_certs::TLS_SERVER_ROOT_CERTS
+            .iter()
+            .filter_map(|c| reqwest::Certificate::from_der(c).ok())
+            .collect();
+        let _bundled =
+            reqwest::Client::builder().tls_certs_only(mozilla).build().map_err(|e| e.to_string())?;
+        r.finish("reqwest_mozilla_roots", start);
 
         let start = mark();
         let root = reqwest::Certificate::from_pem(&ca).map_err(|e| e.to_string())?;
