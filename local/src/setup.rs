@@ -7,10 +7,10 @@ use credits::adapters::dynamodb::DynamoStore;
 use credits::adapters::gateway::GatewayHttp;
 use credits::adapters::revenuecat::RevenueCatHttp;
 use credits::adapters::secrets_manager::StaticSecret;
-use credits::app::http_client;
+use credits::app::{http_client, table_ports};
 use credits::config::Config;
 use credits::handlers::{AdjustCredits, GetBalances, ListCurrencies};
-use credits::ports::{IdempotencyStore, Notifier, Outbox, RateLimitStore};
+use credits::ports::Notifier;
 use credits::{Adapters, App, Router};
 use credits_sandbox::{RevenueCatSandbox, SandboxServer};
 
@@ -65,21 +65,15 @@ impl Local {
         })
         .to_string();
 
-        let (rate_limits, idempotency, outbox): (
-            Arc<dyn RateLimitStore>,
-            Arc<dyn IdempotencyStore>,
-            Arc<dyn Outbox>,
-        ) = match &config.table_name {
+        let (rate_limits, idempotency, outbox) = match &config.table_name {
             Some(table) => {
                 let aws = aws_config::load_from_env().await;
-                let store = Arc::new(DynamoStore::new(aws_sdk_dynamodb::Client::new(&aws), table.clone()));
                 adapters.push(format!("Store: DynamoDB table {table}"));
-                (store.clone(), store.clone(), store)
+                table_ports(DynamoStore::new(aws_sdk_dynamodb::Client::new(&aws), table.clone()))
             }
             None => {
-                let store = Arc::new(MemoryStore::default());
                 adapters.push("Store: in memory (rate limits, idempotency records, outbox)".into());
-                (store.clone(), store.clone(), store)
+                table_ports(MemoryStore::default())
             }
         };
 

@@ -87,18 +87,11 @@ impl App {
                 Arc::new(MissingSecret)
             }
         };
-        let (rate_limits, idempotency, outbox): (
-            Arc<dyn RateLimitStore>,
-            Arc<dyn IdempotencyStore>,
-            Arc<dyn Outbox>,
-        ) = match &config.table_name {
-            Some(table) => {
-                let store = Arc::new(DynamoStore::new(aws_sdk_dynamodb::Client::new(aws), table.clone()));
-                (store.clone(), store.clone(), store)
-            }
+        let (rate_limits, idempotency, outbox) = match &config.table_name {
+            Some(table) => table_ports(DynamoStore::new(aws_sdk_dynamodb::Client::new(aws), table.clone())),
             None => {
                 tracing::error!("TABLE_NAME is not set; rate limits and idempotency keys cannot work");
-                (Arc::new(NoTable), Arc::new(NoTable), Arc::new(NoTable))
+                table_ports(NoTable)
             }
         };
         let notifier: Arc<dyn Notifier> = match &config.gateway_url {
@@ -178,6 +171,15 @@ impl App {
         });
         Ok(currencies)
     }
+}
+
+/// The three ports one table serves.
+pub type TablePorts = (Arc<dyn RateLimitStore>, Arc<dyn IdempotencyStore>, Arc<dyn Outbox>);
+
+/// One store (DynamoDB, in memory …) behind all three table ports.
+pub fn table_ports<S: RateLimitStore + IdempotencyStore + Outbox + 'static>(store: S) -> TablePorts {
+    let store = Arc::new(store);
+    (store.clone(), store.clone(), store)
 }
 
 /// One HTTP client for RevenueCat and the gateway. The connect timeout is
