@@ -7,35 +7,12 @@
 # pip, so re-running it costs only the lint itself.
 set -euo pipefail
 
-# Pinned: new cfn-lint releases add rules and would turn a clean build red
-# without any change here.
-readonly CFN_LINT_VERSION="1.58.0"
-
 repo_root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 venv="$repo_root/.venv"
-python="$venv/bin/python"
-
-if [[ ! -x "$python" ]]; then
-    echo "lint-template: creating virtualenv at $venv"
-    if ! python3 -m venv "$venv"; then
-        echo "lint-template: 'python3 -m venv' failed; on Debian/Ubuntu install the" \
-             "venv module first: apt-get install -y python3-venv" >&2
-        exit 1
-    fi
-fi
-
-if "$python" - "$CFN_LINT_VERSION" <<'PY' 2>/dev/null
-import sys
-from importlib.metadata import version
-
-sys.exit(0 if version("cfn-lint") == sys.argv[1] else 1)
-PY
-then
-    :
-else
-    echo "lint-template: installing cfn-lint==$CFN_LINT_VERSION into $venv"
-    "$python" -m pip install --disable-pip-version-check --quiet "cfn-lint==$CFN_LINT_VERSION"
-fi
+# cfn-lint is pinned in scripts/requirements-test.txt (new releases add rules
+# and would turn a clean build red); the setup script installs it.
+"$repo_root/scripts/setup-test-env.sh" > /dev/null
+CFN_LINT_VERSION="$("$venv/bin/cfn-lint" --version | awk '{print $2}')"
 
 cd "$repo_root"
 echo "lint-template: cfn-lint $CFN_LINT_VERSION template.yaml"

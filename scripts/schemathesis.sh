@@ -27,36 +27,19 @@ set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 repo_root="$(pwd)"
 
-# Pinned: what schemathesis generates and checks changes between releases.
-SCHEMATHESIS_VERSION=4.32.5
 max_examples="${SCHEMATHESIS_MAX_EXAMPLES:-200}"
 seed="${SCHEMATHESIS_SEED:-20261125}"
 strict="${SCHEMATHESIS_STRICT:-0}"
 admin_token="adm_schemathesis_local"
 
 venv="$repo_root/.venv"
-python="$venv/bin/python"
 out_dir="$repo_root/target/schemathesis"
 server_log="$out_dir/credits-local.log"
 
 say() { printf 'schemathesis.sh: %s\n' "$*"; }
 
-# --- (a) schemathesis, pinned, in <repo>/.venv -----------------------------------
-if [[ ! -x "$python" ]]; then
-    say "creating virtualenv at $venv"
-    if ! python3 -m venv "$venv"; then
-        say "'python3 -m venv' failed; on Debian/Ubuntu: apt-get install -y python3-venv" >&2
-        exit 1
-    fi
-fi
-installed="$("$python" -c 'import importlib.metadata as m; print(m.version("schemathesis"))' 2>/dev/null || true)"
-if [[ "$installed" != "$SCHEMATHESIS_VERSION" ]]; then
-    say "installing schemathesis==$SCHEMATHESIS_VERSION into $venv"
-    # The OpenAPI tools' pins (scripts/requirements-openapi.txt) are constraints
-    # here, so this install never moves what scripts/test validates with.
-    "$python" -m pip install --disable-pip-version-check --quiet \
-        -c "$repo_root/scripts/requirements-openapi.txt" "schemathesis==$SCHEMATHESIS_VERSION"
-fi
+# --- (a) schemathesis, pinned in scripts/requirements-test.txt, in <repo>/.venv ---
+"$repo_root/scripts/setup-test-env.sh" > /dev/null
 
 # --- (b) build and start the local runner ----------------------------------------
 cargo build --locked -p credits-local
