@@ -64,8 +64,8 @@ async fn index() -> Json<serde_json::Value> {
 
 /// One reconciliation pass, as the EventBridge schedule would run it.
 async fn reconcile_once(State(router): State<Router>) -> Json<reconcile::ReconcileSummary> {
-    let deadline = credits::clock::now_ms() + reconcile::LOCAL_PASS_BUDGET.as_millis() as u64;
-    Json(reconcile::run_pass(router.app(), deadline).await)
+    let budget = credits::budget::Budget::lasting(reconcile::LOCAL_PASS_BUDGET);
+    Json(reconcile::run_pass(router.app(), budget).await)
 }
 
 fn print_banner(local: &Local, url: &str) {

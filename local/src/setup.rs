@@ -88,7 +88,8 @@ impl Local {
                 Arc::new(LogGateway)
             }
         };
-        let revenuecat = Arc::new(RevenueCatHttp::new(http, &config.revenuecat_api_url));
+        let revenuecat =
+            Arc::new(RevenueCatHttp::new(http, &config.revenuecat_api_url, config.revenuecat_timeout));
         let app = App::new(
             config,
             Adapters {

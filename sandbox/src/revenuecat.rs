@@ -87,6 +87,9 @@ pub enum Fault {
     Hang,
     /// 200 with the body `not json{`.
     InvalidJson,
+    /// This error status with a body that is not RevenueCat's error object
+    /// (a proxy's HTML page, a truncated answer).
+    UnreadableStatus(u16),
     /// Drop the TCP connection without writing any response.
     CloseConnection,
 }

@@ -8,6 +8,7 @@
 
 pub mod adapters;
 pub mod app;
+pub mod budget;
 pub mod clock;
 pub mod config;
 pub mod domain;

@@ -18,13 +18,15 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 use credits::adapters::secrets_manager::StaticSecret;
+use credits::budget::Budget;
 use credits::config::Config;
 use credits::domain::validation::{parse_idempotency_key, parse_include_empty};
 use credits::domain::{Adjustment, ApiError, UsageChanged, UserId};
 use credits::handlers::{AdjustCredits, GetBalances, ListCurrencies};
 use credits::ports::{
-    Balance, ClaimOutcome, Currency, IdempotencyStore, NewClaim, Notifier, Outbox, PendingClaim,
-    ProductGrant, RateLimitStore, RcCredentials, RcError, RevenueCat, StoreError, Transaction,
+    Balance, ClaimOutcome, Currency, DueEnvelopes, IdempotencyStore, Lapsed, NewClaim, Notifier, Outbox,
+    PendingClaim, ProductGrant, QueuedEnvelope, RateLimitStore, RcCredentials, RcError, RevenueCat,
+    StoreError, Transaction,
 };
 use credits::secrets::bearer_token;
 use credits::{Adapters, App, Router};
@@ -704,7 +706,10 @@ struct AlwaysAdmit;
 
 #[async_trait]
 impl RateLimitStore for AlwaysAdmit {
-    async fn try_admit(&self, _: &str, _: u64, _: u32, _: u64) -> Result<Option<u32>, StoreError> {
+    async fn count(&self, _: &str, _: u64, _: u64, _: Option<&str>, _: &Budget) -> Result<u32, StoreError> {
+        Ok(1)
+    }
+    async fn position_of(&self, _: &str, _: u64, _: &str, _: &Budget) -> Result<Option<u32>, StoreError> {
         Ok(Some(1))
     }
 }
@@ -718,32 +723,38 @@ fn unavailable<T>() -> Result<T, StoreError> {
 
 #[async_trait]
 impl IdempotencyStore for UnavailableTable {
-    async fn claim(&self, _: &NewClaim, _: u64) -> Result<ClaimOutcome, StoreError> {
+    async fn claim(&self, _: &NewClaim, _: u64, _: &Budget) -> Result<ClaimOutcome, StoreError> {
         unavailable()
     }
-    async fn complete(&self, _: &str, _: &str) -> Result<(), StoreError> {
+    async fn complete(&self, _: &str, _: &str, _: &Budget) -> Result<(), StoreError> {
         unavailable()
     }
-    async fn release(&self, _: &str) -> Result<(), StoreError> {
+    async fn release(&self, _: &str, _: &Budget) -> Result<(), StoreError> {
         unavailable()
     }
-    async fn lapsed(&self, _: u64, _: usize) -> Result<Vec<PendingClaim>, StoreError> {
+    async fn lapsed(&self, _: u64, _: usize, _: &Budget) -> Result<Lapsed, StoreError> {
         unavailable()
     }
-    async fn renew(&self, _: &PendingClaim, _: u64) -> Result<bool, StoreError> {
+    async fn renew(&self, _: &PendingClaim, _: u64, _: &Budget) -> Result<bool, StoreError> {
         unavailable()
     }
 }
 
 #[async_trait]
 impl Outbox for UnavailableTable {
-    async fn enqueue(&self, _: &UsageChanged, _: u64) -> Result<(), StoreError> {
+    async fn enqueue(&self, _: &QueuedEnvelope, _: u64, _: &Budget) -> Result<(), StoreError> {
         unavailable()
     }
-    async fn queued(&self, _: usize) -> Result<Vec<UsageChanged>, StoreError> {
+    async fn due(&self, _: u64, _: usize, _: &Budget) -> Result<DueEnvelopes, StoreError> {
         unavailable()
     }
-    async fn remove(&self, _: &str) -> Result<(), StoreError> {
+    async fn remove(&self, _: &str, _: &Budget) -> Result<(), StoreError> {
+        unavailable()
+    }
+    async fn retry_later(&self, _: &QueuedEnvelope, _: &Budget) -> Result<(), StoreError> {
+        unavailable()
+    }
+    async fn dead_letter(&self, _: &QueuedEnvelope, _: &Budget) -> Result<(), StoreError> {
         unavailable()
     }
 }
@@ -764,7 +775,7 @@ fn customer_outcome(customer: &str) -> Result<(), RcError> {
 
 #[async_trait]
 impl RevenueCat for FixedRevenueCat {
-    async fn list_currencies(&self, _: &RcCredentials) -> Result<Vec<Currency>, RcError> {
+    async fn list_currencies(&self, _: &RcCredentials, _: &Budget) -> Result<Vec<Currency>, RcError> {
         Ok(vec![Currency {
             code: "CRD".into(),
             name: "Credits".into(),
@@ -776,7 +787,13 @@ impl RevenueCat for FixedRevenueCat {
         }])
     }
 
-    async fn balances(&self, _: &RcCredentials, customer: &str, _: bool) -> Result<Vec<Balance>, RcError> {
+    async fn balances(
+        &self,
+        _: &RcCredentials,
+        customer: &str,
+        _: bool,
+        _: &Budget,
+    ) -> Result<Vec<Balance>, RcError> {
         customer_outcome(customer)?;
         Ok(vec![
             Balance { currency_code: "CRD".into(), name: Some("Credits".into()), balance: START_BALANCE },
@@ -784,7 +801,12 @@ impl RevenueCat for FixedRevenueCat {
         ])
     }
 
-    async fn create_transaction(&self, _: &RcCredentials, tx: &Transaction) -> Result<Vec<Balance>, RcError> {
+    async fn create_transaction(
+        &self,
+        _: &RcCredentials,
+        tx: &Transaction,
+        _: &Budget,
+    ) -> Result<i64, RcError> {
         customer_outcome(&tx.customer_id)?;
         if tx.currency != "CRD" {
             return Err(RcError::CurrencyNotFound);
@@ -793,7 +815,7 @@ impl RevenueCat for FixedRevenueCat {
         if after < 0 {
             return Err(RcError::InsufficientBalance);
         }
-        Ok(vec![Balance { currency_code: "CRD".into(), name: Some("Credits".into()), balance: after }])
+        Ok(after)
     }
 }
 
@@ -801,7 +823,7 @@ struct AcceptingGateway;
 
 #[async_trait]
 impl Notifier for AcceptingGateway {
-    async fn notify(&self, _: &str, _: &UsageChanged) -> Result<(), StoreError> {
+    async fn notify(&self, _: &str, _: &UsageChanged, _: &Budget) -> Result<(), StoreError> {
         Ok(())
     }
 }

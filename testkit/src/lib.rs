@@ -40,6 +40,7 @@
 //! ```
 
 pub mod aws;
+pub mod faults;
 pub mod function;
 pub mod moto;
 pub mod runtime_api;

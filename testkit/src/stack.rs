@@ -97,6 +97,35 @@ impl Stack {
         put_secret(&self.moto_endpoint, &self.secret_id, raw).await;
     }
 
+    /// Pretends every queued envelope's backoff has passed.
+    pub async fn make_queued_envelopes_due(&self) {
+        use aws_sdk_dynamodb::types::AttributeValue;
+        let client = crate::aws::dynamodb_client(&self.moto_endpoint);
+        let queued = client
+            .query()
+            .table_name(&self.table)
+            .key_condition_expression("pk = :outbox")
+            .expression_attribute_values(":outbox", AttributeValue::S("outbox".into()))
+            .send()
+            .await
+            .expect("query the outbox");
+        for item in queued.items() {
+            client
+                .update_item()
+                .table_name(&self.table)
+                .key("pk", item["pk"].clone())
+                .key("sk", item["sk"].clone())
+                .update_expression("SET lease_until = :now")
+                .expression_attribute_values(
+                    ":now",
+                    AttributeValue::N(credits::clock::now_ms().saturating_sub(1).to_string()),
+                )
+                .send()
+                .await
+                .expect("make an envelope due");
+        }
+    }
+
     /// Sets (or overrides) a variable for apps and function processes made after this call.
     pub fn set_env(&mut self, name: &str, value: impl ToString) {
         self.extra_env.insert(name.to_owned(), value.to_string());

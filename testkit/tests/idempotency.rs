@@ -16,7 +16,7 @@ fn server_error() -> Fault {
 }
 
 async fn reconcile(stack: &Stack) -> ReconcileSummary {
-    run_pass(&stack.app(), credits::clock::now_ms() + 20_000).await
+    run_pass(&stack.app(), credits::budget::Budget::lasting(std::time::Duration::from_secs(20))).await
 }
 
 #[tokio::test]
@@ -114,7 +114,9 @@ async fn a_revenuecat_500_never_leads_to_a_second_transaction() {
     let stack = Stack::start().await;
     let router = stack.router();
     stack.revenuecat.inject(Route::Transaction, server_error(), 1);
-    let lease = Duration::from_millis(500);
+    // The shortest deadline an adjustment still fits in (the time budget keeps
+    // back what RevenueCat and the envelope need); the lease outlives it by 2 s.
+    let lease = Duration::from_secs(3);
     let call = stack.adjust(40, Some("k-500")).deadline_in(lease);
     call.send(&router).await.assert_error(502, "rc_call_failed");
     // Still leased: a retry is told to wait rather than sent again.
@@ -138,11 +140,11 @@ async fn a_timeout_after_revenuecat_applied_is_settled_not_repeated() {
     stack.set_env("REVENUECAT_TIMEOUT_MS", 300);
     let router = stack.router();
     stack.revenuecat.inject(Route::Transaction, Fault::ApplyThenDelay(Duration::from_millis(1500)), 1);
-    let lease = Duration::from_millis(300);
+    let lease = Duration::from_secs(3);
     let reply = stack.adjust(25, Some("k-timeout")).deadline_in(lease).send(&router).await;
     assert_eq!(reply.detail(), "rc_call_failed: timeout");
     assert_eq!(stack.revenuecat.balance(DEMO_USER, "CRD"), Some(145), "RevenueCat did apply it");
-    tokio::time::sleep(Duration::from_millis(1500 + credits::handlers::adjust::LEASE_MARGIN_MS)).await;
+    tokio::time::sleep(lease + Duration::from_millis(credits::handlers::adjust::LEASE_MARGIN_MS)).await;
 
     let summary = reconcile(&stack).await;
     assert_eq!((summary.settled, summary.failed), (1, 0), "{summary:?}");
@@ -170,6 +172,9 @@ async fn a_failed_envelope_is_queued_and_delivered_once_by_reconciliation() {
     };
     assert!(queued_id >= 2);
     stack.gateway.set_down(false);
+    // The refused envelope backs off before its next attempt.
+    assert_eq!(reconcile(&stack).await, ReconcileSummary { complete: true, ..Default::default() });
+    stack.make_queued_envelopes_due().await;
     assert_eq!(reconcile(&stack).await.redelivered, 1);
     let envelopes = stack.gateway.envelopes();
     assert_eq!(envelopes.len(), 1);

@@ -148,7 +148,8 @@ async fn with_the_gateway_down_the_schedule_delivers_the_envelope_once() {
     let summary = adjust.invoke(scheduled_event()).await.into_response();
     assert_eq!(
         summary,
-        json!({"redelivered": 1, "settled": 0, "released": 0, "failed": 0, "complete": true})
+        json!({"redelivered": 1, "settled": 0, "released": 0, "abandoned": 0, "failed": 0,
+               "dead_lettered": 0, "unreadable": 0, "complete": true})
     );
     let envelopes = stack.gateway.envelopes();
     assert_eq!(envelopes.len(), 1);

@@ -147,6 +147,11 @@ impl RevenueCatSandbox {
             Some(Fault::Hang) => return std::future::pending().await,
             Some(Fault::CloseConnection) => return connection.close_without_answer().await,
             Some(Fault::InvalidJson) => return self.finish(record, invalid_json()),
+            Some(Fault::UnreadableStatus(status)) => {
+                let status = StatusCode::from_u16(status).unwrap_or(StatusCode::BAD_REQUEST);
+                let page = (status, [(header::CONTENT_TYPE, "text/html")], "<html>Bad Request</html>");
+                return self.finish(record, page.into_response());
+            }
             Some(Fault::Status { status, error_type, retryable, backoff_ms }) => {
                 let status = StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
                 let error = ApiError::injected(status, &error_type, retryable, backoff_ms);
@@ -318,9 +323,17 @@ impl RevenueCatSandbox {
             state.transactions[index].applied = true;
         }
         // §5 [I]: the answer lists every balance of the customer, as GET balances would
-        // (honouring include_empty_balances), not only the adjusted currencies. Not paged.
+        // (honouring include_empty_balances), not only the adjusted currencies. With a page
+        // cap set, it is the first page of that list, `next_page` pointing at GET balances.
         let items = balance_items(&state.currencies, &customer.balances, include_empty);
-        Ok(List::new(items, None, url))
+        match state.page_limit_cap {
+            Some(limit) => Ok(Page { limit, starting_after: None }.cut(
+                items,
+                VirtualCurrencyBalance::currency_code,
+                url,
+            )),
+            None => Ok(List::new(items, None, url)),
+        }
     }
 }
 
