@@ -19,6 +19,7 @@ use serde::Serialize;
 use crate::app::App;
 use crate::budget::{Budget, MIN_GATEWAY_CALL, MIN_STORE_CALL};
 use crate::clock;
+use crate::domain::ledger::{EntryStatus, Origin};
 use crate::handlers::adjust::{settle, LEASE_MARGIN_MS};
 use crate::ports::{PendingClaim, QueuedEnvelope, RcError};
 use crate::secrets::AdminSecret;
@@ -140,7 +141,12 @@ async fn settle_lapsed(app: &App, secret: &AdminSecret, budget: &Budget) -> Reco
                 continue;
             }
         }
-        match settle(app, secret, &claim, true, budget).await {
+        // Listed as pending from now on (a crash left it unlisted), until settled below.
+        let pending = claim.ledger_entry(EntryStatus::Pending, Origin::Reconciliation, None, None);
+        if let Err(error) = budget.try_run(app.ledger.record(&pending, budget)).await {
+            tracing::error!(%error, record = %claim.record_key, "could not list a lapsed adjustment as pending");
+        }
+        match settle(app, secret, &claim, true, Origin::Reconciliation, budget).await {
             Ok(result) => {
                 summary.settled += 1;
                 tracing::info!(record = %claim.record_key, balance = result.balance, "settled a lapsed adjustment");

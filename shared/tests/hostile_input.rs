@@ -20,13 +20,14 @@ use async_trait::async_trait;
 use credits::adapters::secrets_manager::StaticSecret;
 use credits::budget::Budget;
 use credits::config::Config;
+use credits::domain::ledger::LedgerEntry;
 use credits::domain::validation::{parse_idempotency_key, parse_include_empty};
 use credits::domain::{Adjustment, ApiError, UsageChanged, UserId};
-use credits::handlers::{AdjustCredits, GetBalances, ListCurrencies};
+use credits::handlers::{AdjustCredits, GetBalances, GetLedger, ListCurrencies};
 use credits::ports::{
-    Balance, ClaimOutcome, Currency, DueEnvelopes, IdempotencyStore, Lapsed, NewClaim, Notifier, Outbox,
-    PendingClaim, ProductGrant, QueuedEnvelope, RateLimitStore, RcCredentials, RcError, RevenueCat,
-    StoreError, Transaction,
+    Balance, ClaimOutcome, Currency, DueEnvelopes, IdempotencyStore, Lapsed, Ledger, LedgerPage, NewClaim,
+    Notifier, Outbox, PendingClaim, ProductGrant, QueuedEnvelope, RateLimitStore, RcCredentials, RcError,
+    RevenueCat, StoreError, Transaction,
 };
 use credits::secrets::bearer_token;
 use credits::{Adapters, App, Router};
@@ -49,7 +50,7 @@ fn config() -> ProptestConfig {
 // The spec's rules, written out again (spec §4, validation table)
 // ---------------------------------------------------------------------------
 
-const KNOWN_FIELDS: [&str; 5] = ["user_id", "amount", "reason", "currency", "idempotency_key"];
+const KNOWN_FIELDS: [&str; 6] = ["user_id", "amount", "reason", "currency", "idempotency_key", "actor"];
 
 fn user_id_rule(s: &str) -> bool {
     let n = s.chars().count();
@@ -472,7 +473,18 @@ fn expected(fields: &[Field], header: Option<&str>) -> Result<Adjustment, ApiErr
         (Some(b), Some(h)) if b != h => return Err(ApiError::InvalidIdempotencyKey),
         (b, h) => b.or(h),
     };
-    Ok(Adjustment { user_id, amount, reason, currency, idempotency_key })
+    let actor = match get("actor") {
+        None | Some(Value::Null) => None,
+        Some(Value::String(s))
+            if (1..=200).contains(&s.chars().count())
+                && !s.chars().any(char::is_control)
+                && !s.trim().is_empty() =>
+        {
+            Some(s.clone())
+        }
+        _ => return Err(ApiError::InvalidActor),
+    };
+    Ok(Adjustment { user_id, amount, reason, currency, idempotency_key, actor })
 }
 
 fn check_adjustment(
@@ -726,7 +738,7 @@ impl IdempotencyStore for UnavailableTable {
     async fn claim(&self, _: &NewClaim, _: u64, _: &Budget) -> Result<ClaimOutcome, StoreError> {
         unavailable()
     }
-    async fn complete(&self, _: &str, _: &str, _: &Budget) -> Result<(), StoreError> {
+    async fn complete(&self, _: &str, _: &str, _: &LedgerEntry, _: &Budget) -> Result<(), StoreError> {
         unavailable()
     }
     async fn release(&self, _: &str, _: &Budget) -> Result<(), StoreError> {
@@ -736,6 +748,23 @@ impl IdempotencyStore for UnavailableTable {
         unavailable()
     }
     async fn renew(&self, _: &PendingClaim, _: u64, _: &Budget) -> Result<bool, StoreError> {
+        unavailable()
+    }
+}
+
+#[async_trait]
+impl Ledger for UnavailableTable {
+    async fn record(&self, _: &LedgerEntry, _: &Budget) -> Result<(), StoreError> {
+        unavailable()
+    }
+    async fn page(&self, _: &str, _: Option<&str>, _: u32, _: &Budget) -> Result<LedgerPage, StoreError> {
+        unavailable()
+    }
+    async fn undelivered(
+        &self,
+        _: &[String],
+        _: &Budget,
+    ) -> Result<std::collections::HashSet<String>, StoreError> {
         unavailable()
     }
 }
@@ -842,12 +871,17 @@ fn router() -> Router {
             secrets: Arc::new(StaticSecret(secret)),
             rate_limits: Arc::new(AlwaysAdmit),
             idempotency: table.clone(),
-            outbox: table,
+            outbox: table.clone(),
+            ledger: table,
             revenuecat: Arc::new(FixedRevenueCat),
             notifier: Arc::new(AcceptingGateway),
         },
     );
-    Router::new(app).route::<ListCurrencies>().route::<GetBalances>().route::<AdjustCredits>()
+    Router::new(app)
+        .route::<ListCurrencies>()
+        .route::<GetBalances>()
+        .route::<GetLedger>()
+        .route::<AdjustCredits>()
 }
 
 fn runtime() -> tokio::runtime::Runtime {

@@ -9,7 +9,7 @@ use std::io::Write;
 use std::sync::{Arc, Mutex, OnceLock};
 
 use credits::config::Config;
-use credits::handlers::{AdjustCredits, GetBalances, ListCurrencies};
+use credits::handlers::{AdjustCredits, GetBalances, GetLedger, ListCurrencies};
 use credits::{App, Router};
 use credits_sandbox::{GatewayStandIn, RevenueCatSandbox, SandboxServer};
 use serde_json::{json, Value};
@@ -161,7 +161,11 @@ impl Stack {
 
     /// All three routes on one in-process instance.
     pub fn router(&self) -> Router {
-        Router::new(self.app()).route::<ListCurrencies>().route::<GetBalances>().route::<AdjustCredits>()
+        Router::new(self.app())
+            .route::<ListCurrencies>()
+            .route::<GetBalances>()
+            .route::<GetLedger>()
+            .route::<AdjustCredits>()
     }
 
     /// `n` processes of one function binary polling a fresh emulator.
