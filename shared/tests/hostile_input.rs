@@ -1171,10 +1171,16 @@ fn documented_status(code: &str) -> Option<u16> {
         | "invalid_reason"
         | "unknown_currency"
         | "invalid_idempotency_key"
+        | "invalid_actor"
+        | "invalid_limit"
+        | "invalid_cursor"
         | "idempotency_key_reused" => 422,
         "rate_limited" => 429,
         "rc_call_failed" => 502,
-        "admin_unconfigured" | "secret_store_unavailable" | "idempotency_store_unavailable" => 503,
+        "admin_unconfigured"
+        | "secret_store_unavailable"
+        | "idempotency_store_unavailable"
+        | "ledger_unavailable" => 503,
         _ => return None,
     })
 }
