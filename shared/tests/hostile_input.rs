@@ -476,9 +476,7 @@ fn expected(fields: &[Field], header: Option<&str>) -> Result<Adjustment, ApiErr
     let actor = match get("actor") {
         None | Some(Value::Null) => None,
         Some(Value::String(s))
-            if (1..=200).contains(&s.chars().count())
-                && !s.chars().any(char::is_control)
-                && !s.trim().is_empty() =>
+            if (1..=200).contains(&s.chars().count()) && !s.chars().any(char::is_control) =>
         {
             Some(s.clone())
         }

@@ -336,3 +336,17 @@ async fn the_get_balances_binary_serves_the_ledger() {
     assert_eq!(reply.json()["items"][0]["reason"], "ZD-14 through the binaries");
     assert!(reply.header("ratelimit-limit").is_some(), "it shares get-balances' rate limit");
 }
+
+#[tokio::test]
+async fn an_actor_that_is_empty_too_long_or_has_control_characters_is_422() {
+    let stack = Stack::start().await;
+    for actor in [json!(""), json!("a".repeat(201)), json!("ana\n@example.com"), json!(42)] {
+        let mut body = adjustment(1, "ZD-15 actor check", None, None);
+        body["actor"] = actor.clone();
+        adjust(&stack, body).await.assert_error(422, "invalid_actor");
+    }
+    assert_eq!(stack.revenuecat.transactions().len(), 0);
+    let mut body = adjustment(1, "ZD-15 actor check", None, None);
+    body["actor"] = json!("a".repeat(200));
+    assert_eq!(adjust(&stack, body).await.status, 200, "200 characters are fine");
+}

@@ -132,8 +132,7 @@ const KNOWN_FIELDS: [&str; 6] = ["user_id", "amount", "reason", "currency", "ide
 /// `actor`: 1-200 characters, no control characters (it lands in CSV exports and log lines).
 pub fn parse_actor(raw: &str) -> Result<String, ApiError> {
     let chars = raw.chars().count();
-    if (1..=MAX_ACTOR_CHARS).contains(&chars) && !raw.chars().any(char::is_control) && !raw.trim().is_empty()
-    {
+    if (1..=MAX_ACTOR_CHARS).contains(&chars) && !raw.chars().any(char::is_control) {
         Ok(raw.to_owned())
     } else {
         Err(ApiError::InvalidActor)
