@@ -196,8 +196,12 @@ impl App {
                 remaining: limit.saturating_sub(position),
                 reset_after: window.reset_after,
             },
-            Ok(_) => Admission::Refused { limit, reset_after: window.reset_after },
+            Ok(_) => {
+                crate::metrics::rate_limited();
+                Admission::Refused { limit, reset_after: window.reset_after }
+            }
             Err(error) => {
+                crate::metrics::limiter_fail_open();
                 tracing::error!(%error, function, "rate limiter unavailable; admitting without counting");
                 Admission::Uncounted
             }

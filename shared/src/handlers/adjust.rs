@@ -15,6 +15,7 @@ use crate::config::Function;
 use crate::domain::ledger::{EntryStatus, Origin};
 use crate::domain::{Adjustment, ApiError, UsageChanged};
 use crate::http::{json_ok, ApiRequest, Endpoint};
+use crate::metrics;
 use crate::ports::{
     AdmissionRef, ClaimOutcome, NewClaim, PendingClaim, QueuedEnvelope, RcError, Transaction,
 };
@@ -102,6 +103,7 @@ impl Endpoint for AdjustCredits {
             Ok(ClaimOutcome::Claimed(claim)) => (*claim, true),
             Ok(ClaimOutcome::Completed { response }) => {
                 audit.log("replayed", None);
+                metrics::adjustment("replayed");
                 return replay(&response);
             }
             Ok(ClaimOutcome::InProgress { lease_until_ms }) => {
@@ -135,6 +137,8 @@ impl Endpoint for AdjustCredits {
             }
             Err(error) => {
                 audit.log(&outcome_label(&error), latency);
+                let unknown = matches!(error, RcError::OutcomeUnknown { .. });
+                metrics::adjustment(if unknown { "outcome_unknown" } else { "rejected" });
                 Err(error.into())
             }
         }
@@ -218,6 +222,8 @@ pub(crate) async fn settle(
         SystemTime::now(),
     );
     // Stored with `notified: false`: a replay sends no envelope.
+    metrics::adjustment("applied");
+    metrics::credits(&transaction.currency, transaction.amount);
     let stored = serde_json::to_string(&result).expect("results serialise");
     let entry = claim.ledger_entry(EntryStatus::Applied, origin, Some(balance), None);
     let record = async {
@@ -259,6 +265,10 @@ pub(crate) async fn deliver(
             let queued =
                 QueuedEnvelope { envelope: envelope.clone(), attempts: 1, next_attempt_ms: clock::now_ms() };
             let enqueued = budget.try_run(app.outbox.enqueue(&queued, expires_at, budget)).await;
+            match &enqueued {
+                Ok(()) => metrics::envelope_queued(),
+                Err(_) => metrics::envelope_lost(),
+            }
             if let Err(store_error) = enqueued {
                 tracing::error!(
                     envelope = %serde_json::to_string(envelope).unwrap_or_default(),
