@@ -52,16 +52,8 @@ impl RevenueCatHttp {
 
     /// Sends one request, waiting out one 429/423 backoff (§9) before giving
     /// up, if the wait and another attempt fit in `budget`.
-    async fn send(
-        &self,
-        creds: &RcCredentials,
-        method: Method,
-        url: Url,
-        body: Option<&Value>,
-        idempotency_key: Option<&str>,
-        budget: &Budget,
-        operation: &'static str,
-    ) -> Result<Value, Failure> {
+    async fn send(&self, creds: &RcCredentials, call: RcCall<'_>, budget: &Budget) -> Result<Value, Failure> {
+        let RcCall { operation, method, url, body, idempotency_key } = call;
         let mut waited = false;
         loop {
             let timeout = budget.share(self.timeout);
@@ -137,10 +129,9 @@ impl RevenueCatHttp {
         let mut items = Vec::new();
         let mut cursors_seen = Vec::new();
         for _ in 0..MAX_PAGES {
-            let page: Page = serde_json::from_value(
-                self.send(creds, Method::GET, url.clone(), None, None, budget, operation).await?,
-            )
-            .map_err(|_| Failure::InvalidResponse)?;
+            let page: Page =
+                serde_json::from_value(self.send(creds, RcCall::get(operation, url.clone()), budget).await?)
+                    .map_err(|_| Failure::InvalidResponse)?;
             items.extend(page.items);
             let Some(cursor) = page.next_page.as_deref().and_then(starting_after) else {
                 return Ok(items);
@@ -152,6 +143,21 @@ impl RevenueCatHttp {
             cursors_seen.push(cursor);
         }
         Err(Failure::InvalidResponse)
+    }
+}
+
+/// One request to RevenueCat; `operation` names it in the metrics.
+struct RcCall<'a> {
+    operation: &'static str,
+    method: Method,
+    url: Url,
+    body: Option<&'a Value>,
+    idempotency_key: Option<&'a str>,
+}
+
+impl RcCall<'_> {
+    fn get(operation: &'static str, url: Url) -> Self {
+        Self { operation, method: Method::GET, url, body: None, idempotency_key: None }
     }
 }
 
@@ -219,7 +225,17 @@ impl RevenueCat for RevenueCatHttp {
         url.query_pairs_mut().append_pair("include_empty_balances", "true");
         let body = json!({ "adjustments": { &tx.currency: tx.amount }, "reference": tx.reference });
         let answer = self
-            .send(creds, Method::POST, url, Some(&body), Some(&tx.idempotency_key), budget, "transaction")
+            .send(
+                creds,
+                RcCall {
+                    operation: "transaction",
+                    method: Method::POST,
+                    url,
+                    body: Some(&body),
+                    idempotency_key: Some(&tx.idempotency_key),
+                },
+                budget,
+            )
             .await
             .map_err(|failure| failure.into_transaction(tx.amount))?;
         // From here on the transaction is applied: a failure reading the
