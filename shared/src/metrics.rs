@@ -19,8 +19,11 @@ pub const NAMESPACE: &str = "CreditsAdmin";
 
 static COLLECTOR: OnceLock<&'static Collector> = OnceLock::new();
 
-/// Installs the EMF recorder for `function` (its `Function` dimension).
-pub fn init(function: &'static str) {
+/// Installs the EMF recorder. The `Function` dimension is the deployed
+/// function's name (`<stack>-<binary>`, so two stacks in one account never
+/// mix their figures), or `binary` outside Lambda.
+pub fn init(binary: &'static str) {
+    let function = std::env::var("AWS_LAMBDA_FUNCTION_NAME").unwrap_or_else(|_| binary.to_owned());
     let installed = metrics_cloudwatch_embedded::Builder::new()
         .cloudwatch_namespace(NAMESPACE)
         .with_dimension("Function", function)
