@@ -376,6 +376,13 @@ impl Reply {
         self.headers.get(&name.to_ascii_lowercase()).map(String::as_str)
     }
 
+    /// Asserts status, content type and the whole detail, hint included.
+    #[track_caller]
+    pub fn assert_detail(&self, status: u16, detail: &str) {
+        assert_eq!((self.status, self.detail().as_str()), (status, detail), "body: {}", self.body);
+        assert_eq!(self.header("content-type"), Some("application/json"));
+    }
+
     /// Asserts status and the detail's code (the part before any `": "`).
     #[track_caller]
     pub fn assert_error(&self, status: u16, code: &str) {

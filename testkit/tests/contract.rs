@@ -2,7 +2,7 @@
 //! real adapter: moto for DynamoDB and Secrets Manager, the RevenueCat
 //! sandbox and the gateway stand-in. Each test has its own table and secret.
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use credits_sandbox::{Currency, Fault, ProductGrant, Route};
 use credits_testkit::stack::{within_one_rate_window, Call, Stack, DEMO_USER};
@@ -321,18 +321,18 @@ async fn missing_configuration_is_named_in_the_detail() {
         .put_raw_secret(&json!({"admin_secret": stack.admin_token, "revenuecat_project_id": "p"}).to_string())
         .await;
     let reply = stack.get(CURRENCIES).send(&stack.router()).await;
-    reply.assert_error(503, "admin_unconfigured");
-    assert_eq!(reply.detail(), "admin_unconfigured: revenuecat_api_key is not set");
+    reply.assert_detail(503, "admin_unconfigured: revenuecat_api_key is not set");
 
+    let key = format!("sk_incomplete_{}", uuid::Uuid::new_v4().simple());
     stack
-        .put_raw_secret(&json!({"admin_secret": stack.admin_token, "revenuecat_api_key": "sk_x"}).to_string())
+        .put_raw_secret(&json!({"admin_secret": stack.admin_token, "revenuecat_api_key": key}).to_string())
         .await;
     let reply = stack.get(CURRENCIES).send(&stack.router()).await;
-    assert_eq!(reply.detail(), "admin_unconfigured: revenuecat_project_id is not set");
+    reply.assert_detail(503, "admin_unconfigured: revenuecat_project_id is not set");
 
     let mut stack = stack;
     stack.set_env("ADMIN_SECRET_ID", "credits-admin-does-not-exist");
-    stack.get(CURRENCIES).send(&stack.router()).await.assert_error(503, "admin_unconfigured");
+    stack.get(CURRENCIES).send(&stack.router()).await.assert_detail(503, "admin_unconfigured");
 }
 
 #[tokio::test]
@@ -475,40 +475,79 @@ async fn revenuecat_failures_map_to_502_with_their_type() {
         backoff_ms: Some(1000),
     };
     stack.revenuecat.inject(Route::Balances, server_error, 1);
-    stack.get(&balances(DEMO_USER)).send(&router).await.assert_error(502, "rc_call_failed");
+    stack.get(&balances(DEMO_USER)).send(&router).await.assert_detail(502, "rc_call_failed: server_error");
     stack.revenuecat.inject(Route::Balances, Fault::Hang, 1);
-    let reply = stack.get(&balances(DEMO_USER)).send(&router).await;
-    assert_eq!(reply.detail(), "rc_call_failed: timeout");
+    stack.get(&balances(DEMO_USER)).send(&router).await.assert_detail(502, "rc_call_failed: timeout");
     stack.revenuecat.inject(Route::Balances, Fault::InvalidJson, 1);
-    assert_eq!(
-        stack.get(&balances(DEMO_USER)).send(&router).await.detail(),
-        "rc_call_failed: invalid_response"
-    );
+    let reply = stack.get(&balances(DEMO_USER)).send(&router).await;
+    reply.assert_detail(502, "rc_call_failed: invalid_response");
     stack.revenuecat.inject(Route::Balances, Fault::CloseConnection, 1);
     let reply = stack.get(&balances(DEMO_USER)).send(&router).await;
-    reply.assert_error(502, "rc_call_failed");
+    reply.assert_detail(502, "rc_call_failed: transport");
 
-    // 429: one retry after RevenueCat's backoff, then give up.
-    let limited = Fault::Status {
+    // A wrong RevenueCat key is RevenueCat's 401, reported as such.
+    let wrong_key = format!("sk_wrong_{}", uuid::Uuid::new_v4().simple());
+    stack.put_raw_secret(
+        &json!({"admin_secret": stack.admin_token, "revenuecat_api_key": wrong_key, "revenuecat_project_id": stack.revenuecat.project_id()}).to_string(),
+    ).await;
+    let reply = stack.get(&balances(DEMO_USER)).send(&stack.router()).await;
+    reply.assert_detail(502, "rc_call_failed: authentication_error");
+}
+
+fn rate_limited(backoff_ms: u64) -> Fault {
+    Fault::Status {
         status: 429,
         error_type: "rate_limit_error".into(),
         retryable: true,
-        backoff_ms: Some(1000),
-    };
-    stack.revenuecat.inject(Route::Balances, limited.clone(), 1);
-    let before = stack.revenuecat.request_count(Route::Balances);
-    assert_eq!(stack.get(&balances(DEMO_USER)).send(&router).await.status, 200, "one backoff, then success");
-    assert_eq!(stack.revenuecat.request_count(Route::Balances) - before, 2);
-    stack.revenuecat.inject(Route::Balances, limited, 2);
-    assert_eq!(
-        stack.get(&balances(DEMO_USER)).send(&router).await.detail(),
-        "rc_call_failed: rate_limit_error"
+        backoff_ms: Some(backoff_ms),
+    }
+}
+
+/// The gap between RevenueCat's last two arrivals on `route`.
+fn last_gap(stack: &Stack, route: Route) -> Duration {
+    let arrivals = stack.revenuecat.arrivals(route);
+    let [.., first, second] = arrivals.as_slice() else { panic!("fewer than two requests: {arrivals:?}") };
+    second.duration_since(*first)
+}
+
+/// RevenueCat's 429 carries `Retry-After: 1` (its `backoff_ms` of 1000): the
+/// request is sent again once, after that second and not much later.
+#[tokio::test]
+async fn a_revenuecat_429_is_retried_once_after_its_retry_after() {
+    let stack = Stack::start().await;
+    let router = stack.router();
+    stack.revenuecat.inject(Route::Balances, rate_limited(1000), 1);
+    let reply = stack.get(&balances(DEMO_USER)).send(&router).await;
+    assert_eq!(reply.status, 200, "one backoff, then success: {}", reply.body);
+    assert_eq!(stack.revenuecat.request_count(Route::Balances), 2);
+    let waited = last_gap(&stack, Route::Balances);
+    assert!(
+        (Duration::from_secs(1)..Duration::from_millis(2_500)).contains(&waited),
+        "the retry came {waited:?} after the 429 (Retry-After: 1)"
     );
 
-    // A wrong RevenueCat key is RevenueCat's 401, reported as such.
-    stack.put_raw_secret(
-        &json!({"admin_secret": stack.admin_token, "revenuecat_api_key": "sk_wrong", "revenuecat_project_id": stack.revenuecat.project_id()}).to_string(),
-    ).await;
-    let reply = stack.get(&balances(DEMO_USER)).send(&stack.router()).await;
-    assert_eq!(reply.detail(), "rc_call_failed: authentication_error");
+    stack.revenuecat.inject(Route::Balances, rate_limited(1000), 2);
+    let reply = stack.get(&balances(DEMO_USER)).send(&router).await;
+    reply.assert_detail(502, "rc_call_failed: rate_limit_error");
+    assert_eq!(stack.revenuecat.request_count(Route::Balances), 4, "exactly one retry");
+    let waited = last_gap(&stack, Route::Balances);
+    assert!(
+        (Duration::from_secs(1)..Duration::from_millis(2_500)).contains(&waited),
+        "retry after {waited:?}"
+    );
+}
+
+/// A backoff longer than the adapter waits for (3 s) is not waited out: the
+/// answer is 502 at once, without a retry.
+#[tokio::test]
+async fn a_revenuecat_429_asking_for_more_than_the_maximum_backoff_is_502_at_once() {
+    let stack = Stack::start().await;
+    let router = stack.router();
+    stack.revenuecat.inject(Route::Balances, rate_limited(5_000), 1);
+    let started = Instant::now();
+    let reply = stack.get(&balances(DEMO_USER)).send(&router).await;
+    let took = started.elapsed();
+    reply.assert_detail(502, "rc_call_failed: rate_limit_error");
+    assert_eq!(stack.revenuecat.request_count(Route::Balances), 1, "no retry");
+    assert!(took < Duration::from_secs(3), "answered after {took:?}: it waited");
 }
