@@ -41,6 +41,7 @@
 
 pub mod aws;
 pub mod function;
+pub mod logs;
 pub mod moto;
 pub mod runtime_api;
 pub mod stack;

@@ -13,9 +13,11 @@ use credits::handlers::{AdjustCredits, GetBalances, ListCurrencies};
 use credits::{App, Router};
 use credits_sandbox::{GatewayStandIn, RevenueCatSandbox, SandboxServer};
 use serde_json::{json, Value};
+use tracing::Instrument;
 
 use crate::aws::{aws_env, create_table, put_secret, sdk_config, unique_name};
 use crate::function::FunctionPool;
+use crate::logs::{capture_in_process_logs, code_under_test};
 use crate::moto::MotoServer;
 use crate::runtime_api::{EmulatorOptions, Invocation, RuntimeApiEmulator};
 
@@ -43,6 +45,7 @@ impl Stack {
 
     /// The same, on a specific moto (e.g. a private one a test will stop).
     pub async fn start_on(moto_endpoint: String) -> Stack {
+        capture_in_process_logs();
         let table = unique_name("credits");
         let secret_id = unique_name("credits-admin");
         let admin_token = format!("adm_{}", uuid::Uuid::new_v4().simple());
@@ -70,7 +73,7 @@ impl Stack {
     /// Lists this stack's secrets for the suite-wide log scan.
     fn remember_secrets(&self) {
         for secret in [self.admin_token.clone(), self.revenuecat.api_key(), self.secret_json()] {
-            crate::append_suite_file("secrets", &secret);
+            remember_secret(&secret);
         }
     }
 
@@ -92,8 +95,18 @@ impl Stack {
         put_secret(&self.moto_endpoint, &self.secret_id, &self.secret_json()).await;
     }
 
-    /// Replaces the secret's value verbatim (not JSON, missing keys …).
+    /// Replaces the secret's value verbatim (not JSON, missing keys …). The
+    /// value, and any token or key in it, joins the secrets the log scan looks
+    /// for: a broken secret is exactly what an error path might log.
     pub async fn put_raw_secret(&self, raw: &str) {
+        remember_secret(raw);
+        if let Ok(Value::Object(fields)) = serde_json::from_str::<Value>(raw) {
+            for key in ["admin_secret", "revenuecat_api_key"] {
+                if let Some(value) = fields.get(key).and_then(Value::as_str) {
+                    remember_secret(value);
+                }
+            }
+        }
         put_secret(&self.moto_endpoint, &self.secret_id, raw).await;
     }
 
@@ -176,6 +189,20 @@ impl Stack {
         }
         self.post("/admin/credits/adjust", body)
     }
+}
+
+/// Shortest secret a test may use: the log scan looks for each one verbatim,
+/// so a short or common value (`"p"`, `"sk_x"`) would match innocent lines.
+pub const MIN_SECRET_LEN: usize = 8;
+
+/// Adds `secret` to this test binary's list for `scripts/scan-logs-for-secrets.sh`.
+#[track_caller]
+pub fn remember_secret(secret: &str) {
+    assert!(
+        secret.chars().count() >= MIN_SECRET_LEN && !secret.contains('\n'),
+        "test secrets must be distinctive single lines of at least {MIN_SECRET_LEN} characters: {secret:?}"
+    );
+    crate::append_suite_file("secrets", secret);
 }
 
 /// Processes of one function under their own Runtime API emulator.
@@ -292,7 +319,7 @@ impl Call {
             context.request_id = uuid::Uuid::new_v4().to_string();
             request = lambda_http::RequestExt::with_lambda_context(request, context);
         }
-        let response = router.handle(request).await;
+        let response = router.handle(request).instrument(code_under_test()).await;
         let (parts, body) = response.into_parts();
         let headers = parts
             .headers

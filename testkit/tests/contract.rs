@@ -288,7 +288,7 @@ async fn auth_order_is_503_then_401_then_403_then_validation() {
     invalid_body(stack.adjust(1, None)).send(&router).await.assert_error(400, "invalid_json");
 
     // Unconfigured: 503 comes before everything else.
-    stack.put_raw_secret("not json").await;
+    stack.put_raw_secret("adm_raw_secret_that_is_not_json").await;
     let router = stack.router();
     stack
         .get(CURRENCIES)

@@ -559,3 +559,37 @@ fn is_alive(pid: u32) -> bool {
         })
         .unwrap_or(false)
 }
+
+// ---------------------------------------------------------------- in-process logs
+
+/// What the code under test logs in-process reaches the suite log the secret
+/// scan reads: its own crates' events anywhere, other crates' events only
+/// inside `code_under_test` (the harness's own calls stay out).
+#[tokio::test]
+async fn in_process_logs_of_the_code_under_test_reach_the_suite_log() {
+    use tracing::Instrument;
+    credits_testkit::logs::capture_in_process_logs();
+    let marker = uuid::Uuid::new_v4().simple().to_string();
+    tracing::trace!(target: "credits::probe", "service event {marker}");
+    async { tracing::trace!(target: "some_dependency", "dependency event inside {marker}") }
+        .instrument(credits_testkit::logs::code_under_test())
+        .await;
+    tracing::info!(target: "some_dependency", "harness event outside {marker}");
+
+    let exe = std::env::current_exe().unwrap();
+    let log =
+        credits_testkit::suite_log_dir().join(format!("{}.log", exe.file_name().unwrap().to_string_lossy()));
+    let lines: Vec<Value> = std::fs::read_to_string(&log)
+        .unwrap_or_else(|e| panic!("{}: {e}", log.display()))
+        .lines()
+        .filter(|l| l.contains(&marker))
+        .map(|l| serde_json::from_str(l).expect("a JSON line"))
+        .collect();
+    let messages: Vec<&str> = lines.iter().map(|l| l["message"].as_str().unwrap()).collect();
+    assert_eq!(
+        messages,
+        [format!("service event {marker}"), format!("dependency event inside {marker}")],
+        "{lines:#?}"
+    );
+    assert_eq!(lines[0]["level"], "TRACE");
+}
