@@ -246,13 +246,20 @@ async fn adjust_validation_table() {
         reply.assert_error(*status, code);
         assert!(reply.header("ratelimit-limit").is_none(), "invalid requests are not counted: {body}");
     }
-    // The boundaries themselves are valid.
-    for extra in
-        [json!({"amount": 1_000_000_000}), json!({"reason": "abc"}), json!({"reason": "é".repeat(500)})]
-    {
+    // The boundaries themselves are valid: each is applied, in this order.
+    for (extra, balance) in [
+        (json!({"amount": 1_000_000_000}), 1_000_000_120i64),
+        (json!({"reason": "abc"}), 1_000_000_125),
+        (json!({"reason": "é".repeat(500)}), 1_000_000_130),
+        (json!({"amount": -1_000_000_000}), 130),
+        (json!({"idempotency_key": "k".repeat(200)}), 135),
+    ] {
         let reply = stack.post(ADJUST, json!(null)).body(&ok(extra.clone())).send(&router).await;
-        assert!(reply.status == 200 || reply.status == 409, "{extra} -> {}", reply.body);
+        assert_eq!(reply.status, 200, "{extra} -> {}", reply.body);
+        assert_eq!(reply.json()["balance"], balance, "{extra}");
     }
+    assert_eq!(stack.revenuecat.balance(DEMO_USER, "CRD"), Some(135));
+    assert_eq!(stack.revenuecat.applied_transactions().len(), 5);
     let mismatched = stack
         .post(ADJUST, json!(null))
         .body(&ok(json!({"idempotency_key": "a"})))
