@@ -2,7 +2,7 @@
 //! polling the Runtime API (our emulator), fed API Gateway and EventBridge
 //! events, several processes per function standing in for concurrent instances.
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use credits_sandbox::{Fault, Route};
 use credits_testkit::runtime_api::{EmulatorOptions, Invocation};
@@ -105,12 +105,16 @@ async fn twenty_concurrent_duplicates_over_four_instances_apply_once() {
 #[tokio::test]
 async fn a_process_killed_after_revenuecat_applied_is_settled_by_the_schedule() {
     let stack = Stack::start().await;
-    let options = EmulatorOptions { deadline: Duration::from_secs(2), ..Default::default() };
+    // The dead attempt's lease ends 2 s after this deadline: room for the checks
+    // below to run before it lapses, however slowly the machine starts a process.
+    let deadline = Duration::from_secs(5);
+    let options = EmulatorOptions { deadline, ..Default::default() };
     let mut adjust = stack.lambda_with("adjust-credits", 1, options).await;
     stack.revenuecat.inject(Route::Transaction, Fault::ApplyThenDelay(Duration::from_millis(2500)), 1);
 
     let emulator = adjust.emulator.clone();
     let event = stack.adjust(60, Some("e2e-crash")).http_api_event();
+    let invoked = Instant::now();
     let pending = tokio::spawn(async move { emulator.invoke_with_wait(event, Duration::from_secs(1)).await });
     wait_until(|| stack.revenuecat.applied_transactions().len() == 1, "RevenueCat applies the transaction")
         .await;
@@ -121,13 +125,26 @@ async fn a_process_killed_after_revenuecat_applied_is_settled_by_the_schedule() 
     let _replacement = adjust.add_instance(&stack, "adjust-credits");
     adjust.emulator.set_deadline(Duration::from_secs(20));
     // Until the dead attempt's lease lapses, a retry is told to wait …
-    adjust.call(&stack.adjust(60, Some("e2e-crash"))).await.assert_error(409, "idempotency_key_in_progress");
-    // The lease ends 2 s after the 2 s deadline; RevenueCat's own attempt is done by then.
-    tokio::time::sleep(Duration::from_millis(3_500)).await;
-    // … then the scheduled pass settles it with the recorded RevenueCat key.
-    let summary = adjust.invoke(scheduled_event()).await.into_response();
-    assert_eq!(summary["settled"], 1, "{summary}");
-    assert_eq!(summary["failed"], 0);
+    let lease_lapses = invoked + deadline + Duration::from_millis(credits::handlers::adjust::LEASE_MARGIN_MS);
+    let told_to_wait = adjust.call(&stack.adjust(60, Some("e2e-crash"))).await;
+    assert!(Instant::now() < lease_lapses, "the retry came too late to find the lease held");
+    told_to_wait.assert_error(409, "idempotency_key_in_progress");
+    // … and scheduled passes leave it alone; the first pass after the lease
+    // lapsed settles it with the recorded RevenueCat key.
+    let summary = loop {
+        let started = Instant::now();
+        let summary = adjust.invoke(scheduled_event()).await.into_response();
+        assert_eq!(summary["failed"], 0, "{summary}");
+        if summary["settled"] == 1 {
+            // The pass's own clock reads at least `started`; the lease must have lapsed by then.
+            assert!(Instant::now() + Duration::from_millis(200) >= lease_lapses, "settled inside the lease");
+            break summary;
+        }
+        assert_eq!(summary["settled"], 0, "{summary}");
+        assert!(started < lease_lapses + Duration::from_secs(10), "never settled after the lease lapsed");
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    };
+    assert_eq!(summary["complete"], true, "{summary}");
     assert_eq!(stack.revenuecat.applied_transactions().len(), 1);
     assert_eq!(stack.gateway.unique_envelope_ids().len(), 1);
     let retry = adjust.call(&stack.adjust(60, Some("e2e-crash"))).await;
