@@ -6,7 +6,9 @@ use std::time::{Duration, Instant};
 
 use credits_sandbox::{Fault, Route};
 use credits_testkit::runtime_api::{EmulatorOptions, Invocation};
-use credits_testkit::stack::{scheduled_event, within_one_rate_window, Call, Reply, Stack, DEMO_USER};
+use credits_testkit::stack::{
+    scheduled_event, within_one_rate_window, Call, Lambda, Reply, Stack, DEMO_USER,
+};
 use serde_json::{json, Value};
 
 #[tokio::test]
@@ -80,8 +82,45 @@ async fn forty_concurrent_adjusts_over_four_instances_admit_exactly_thirty() {
     assert_eq!(stack.revenuecat.applied_transactions().len(), 30);
     assert_eq!(stack.revenuecat.transactions().len(), 30);
     assert_eq!(stack.gateway.unique_envelope_ids().len(), 30);
-    let pids_that_answered = adjust.logs().iter().filter(|l| l.contains("\"outcome\":\"applied\"")).count();
-    assert_eq!(pids_that_answered, 30, "one audit line per applied adjustment");
+    let logs = logs_once(&adjust, "40 request lines", |logs| request_lines(logs) >= 40).await;
+    let applied = logs.iter().filter(|l| l.contains("\"outcome\":\"applied\"")).count();
+    assert_eq!(applied, 30, "one audit line per applied adjustment");
+    assert_every_instance_answered(&adjust, 40);
+}
+
+/// The function's "request" log lines (one per invocation answered).
+fn request_lines(logs: &[String]) -> usize {
+    logs.iter()
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .filter(|l| l["message"] == "request")
+        .count()
+}
+
+/// The instances' log lines once `condition` holds on them: a function's
+/// output is read on another thread, so a line can arrive after the response
+/// it belongs to. Panics after 10 s.
+async fn logs_once(lambda: &Lambda, what: &str, condition: impl Fn(&[String]) -> bool) -> Vec<String> {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let logs = lambda.logs();
+        if condition(&logs) {
+            return logs;
+        }
+        assert!(Instant::now() < deadline, "timed out waiting for {what}: {logs:#?}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Each instance's "request" log lines: every process answered some of the
+/// `total` invocations, and together they answered all of them. (Each
+/// instance handles one invocation at a time and all were polling before the
+/// first was sent, so a concurrent burst reaches every one of them.)
+#[track_caller]
+fn assert_every_instance_answered(lambda: &Lambda, total: usize) {
+    let answered: Vec<usize> =
+        lambda.pool.instances().iter().map(|process| request_lines(&process.logs())).collect();
+    assert_eq!(answered.iter().sum::<usize>(), total, "answers per instance: {answered:?}");
+    assert!(answered.iter().all(|n| *n > 0), "an instance answered nothing: {answered:?}");
 }
 
 #[tokio::test]
@@ -100,6 +139,8 @@ async fn twenty_concurrent_duplicates_over_four_instances_apply_once() {
     }
     assert_eq!(stack.revenuecat.transactions().len(), 1);
     assert_eq!(stack.gateway.envelopes().len(), 1);
+    logs_once(&adjust, "20 request lines", |logs| request_lines(logs) >= 20).await;
+    assert_every_instance_answered(&adjust, 20);
 }
 
 #[tokio::test]
@@ -185,10 +226,10 @@ async fn with_dynamodb_unreachable_keyed_adjusts_are_refused_and_the_limiter_fai
     let reply = adjust.call(&stack.adjust(5, None)).await;
     assert_eq!(reply.status, 200, "admin work does not stop: {}", reply.body);
     assert!(reply.header("ratelimit-limit").is_none());
-    assert!(adjust
-        .logs()
-        .iter()
-        .any(|l| l.contains("\"level\":\"ERROR\"") && l.contains("rate limiter unavailable")));
+    logs_once(&adjust, "the limiter's ERROR", |logs| {
+        logs.iter().any(|l| l.contains("\"level\":\"ERROR\"") && l.contains("rate limiter unavailable"))
+    })
+    .await;
 }
 
 #[tokio::test]
@@ -198,7 +239,11 @@ async fn logs_are_json_lines_with_an_audit_line_and_no_secrets() {
     adjust.call(&stack.adjust(11, Some("e2e-audit"))).await;
     adjust.call(&stack.adjust(-5000, None)).await.assert_error(409, "insufficient_balance");
     adjust.call(&stack.adjust(1, None).header("authorization", "Bearer adm_wrong_guess")).await;
-    let logs = adjust.logs();
+    // The refusal's audit line comes after every line of the two calls before.
+    let logs = logs_once(&adjust, "the refusal's audit line", |logs| {
+        logs.iter().any(|l| l.contains("\"message\":\"refused\"") && l.contains("invalid_admin_secret"))
+    })
+    .await;
     let lines: Vec<Value> = logs.iter().filter_map(|l| serde_json::from_str(l).ok()).collect();
     assert_eq!(lines.len(), logs.len(), "every line is JSON: {logs:#?}");
     let audits: Vec<&Value> = lines.iter().filter(|l| l["target"] == "audit").collect();
@@ -232,18 +277,42 @@ async fn lambda_log_format_and_level_controls_are_honoured() {
     stack.set_env("AWS_LAMBDA_LOG_FORMAT", "Text");
     let text = stack.lambda("get-balances", 1).await;
     text.call(&stack.get(&format!("/admin/credits/balances/{DEMO_USER}"))).await;
-    let logs = text.logs();
-    assert!(logs.iter().any(|l| l.contains("INFO") && l.contains("request")), "{logs:#?}");
+    let logs = logs_once(&text, "an INFO request line", |logs| {
+        logs.iter().any(|l| l.contains("INFO") && l.contains("request"))
+    })
+    .await;
     assert!(
         logs.iter().all(|l| serde_json::from_str::<Value>(l).is_err()),
         "Text means plain lines: {logs:#?}"
     );
 
+    // At WARN an instance whose rate-limit table is missing still logs that
+    // (ERROR), and nothing at INFO or below: the request line is gone.
     stack.set_env("AWS_LAMBDA_LOG_FORMAT", "JSON");
     stack.set_env("AWS_LAMBDA_LOG_LEVEL", "WARN");
+    stack.set_env("TABLE_NAME", "credits-table-that-does-not-exist");
     let quiet = stack.lambda("get-balances", 1).await;
-    assert_eq!(quiet.call(&stack.get(&format!("/admin/credits/balances/{DEMO_USER}"))).await.status, 200);
-    assert!(quiet.logs().iter().all(|l| !l.contains("\"INFO\"")), "{:#?}", quiet.logs());
+    for _ in 0..2 {
+        assert_eq!(quiet.call(&stack.get(&format!("/admin/credits/balances/{DEMO_USER}"))).await.status, 200);
+    }
+    // The second request's ERROR comes after every line the first one wrote.
+    let logs = logs_once(&quiet, "two ERROR lines", |logs| {
+        logs.iter().filter(|l| l.contains("rate limiter unavailable")).count() >= 2
+    })
+    .await;
+    let levels: Vec<String> = logs
+        .iter()
+        .map(|l| {
+            let line: Value = serde_json::from_str(l).unwrap_or_else(|_| panic!("not JSON: {l}"));
+            line["level"].as_str().unwrap_or_else(|| panic!("no level: {l}")).to_owned()
+        })
+        .collect();
+    assert!(
+        levels.iter().any(|level| level == "ERROR")
+            && logs.iter().any(|l| l.contains("rate limiter unavailable")),
+        "the ERROR is logged at WARN: {logs:#?}"
+    );
+    assert!(levels.iter().all(|level| level == "WARN" || level == "ERROR"), "{logs:#?}");
 }
 
 #[tokio::test]
@@ -255,7 +324,7 @@ async fn an_unrecognised_event_is_an_invocation_error_and_the_process_lives_on()
     assert_eq!(adjust.call(&stack.adjust(1, None)).await.status, 200);
 }
 
-async fn concurrently(lambda: &credits_testkit::stack::Lambda, calls: Vec<Call>) -> Vec<Reply> {
+async fn concurrently(lambda: &Lambda, calls: Vec<Call>) -> Vec<Reply> {
     futures::future::join_all(calls.iter().map(|call| lambda.call(call))).await
 }
 
