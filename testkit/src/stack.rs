@@ -205,6 +205,23 @@ pub fn remember_secret(secret: &str) {
     crate::append_suite_file("secrets", secret);
 }
 
+/// The documented routes (`METHOD /path`) a unit serves: one per function
+/// binary (as `template.yaml` wires them), all of them for the in-process
+/// router; `None` for a binary not listed here (the validator then never
+/// excuses a `404 not_found` it answers on a documented path).
+fn routes_of(binary: Option<&str>) -> Option<Vec<&'static str>> {
+    const CURRENCIES: &str = "GET /admin/credits/currencies";
+    const BALANCES: &str = "GET /admin/credits/balances/{user_id}";
+    const ADJUST: &str = "POST /admin/credits/adjust";
+    Some(match binary {
+        None => vec![CURRENCIES, BALANCES, ADJUST],
+        Some("list-currencies") => vec![CURRENCIES],
+        Some("get-balances") => vec![BALANCES],
+        Some("adjust-credits") => vec![ADJUST],
+        Some(_) => return None,
+    })
+}
+
 /// Processes of one function under their own Runtime API emulator.
 pub struct Lambda {
     pub emulator: RuntimeApiEmulator,
@@ -218,7 +235,8 @@ impl Lambda {
             Invocation::Response(response) => Reply::from_proxy_response(&response),
             other => panic!("{} {}: no HTTP response: {other:?}", call.method, call.path),
         };
-        record(call, &reply);
+        let binary = self.pool.instances().first().map(|p| p.name().to_owned());
+        record(call, &reply, binary.as_deref());
         reply
     }
 
@@ -332,7 +350,7 @@ impl Call {
             _ => String::new(),
         };
         let reply = Reply { status: parts.status.as_u16(), headers, body };
-        record(self, &reply);
+        record(self, &reply, None);
         reply
     }
 
@@ -425,7 +443,10 @@ impl Reply {
 
 /// Appends the exchange to `target/exchanges/<test binary>.jsonl`, which
 /// `scripts/validate_responses.py` checks against `docs/openapi.yaml`.
-fn record(call: &Call, reply: &Reply) {
+/// `binary` is the function that answered (`None`: the in-process router);
+/// the routes it serves are recorded so the validator can tell a function
+/// rightly refusing another's path from one failing to route its own.
+fn record(call: &Call, reply: &Reply, binary: Option<&str>) {
     static FILE: OnceLock<Option<Mutex<std::fs::File>>> = OnceLock::new();
     let file = FILE.get_or_init(|| {
         let dir = crate::repo_root().join("target").join("exchanges");
@@ -451,6 +472,8 @@ fn record(call: &Call, reply: &Reply) {
         "status": reply.status,
         "headers": reply.headers,
         "body": reply.body,
+        "served_by": binary.unwrap_or("router"),
+        "routes": routes_of(binary),
     });
     let mut file = file.lock().unwrap_or_else(|p| p.into_inner());
     let _ = writeln!(file, "{line}");

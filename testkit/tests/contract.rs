@@ -423,6 +423,70 @@ async fn unknown_routes_are_404_and_wrong_methods_405() {
     assert_eq!(stack.get(&format!("/prod{CURRENCIES}")).send(&router).await.status, 200);
 }
 
+/// Every route gives each refusal every route documents: 401, 403, 413 (the
+/// body-size check runs on the GET routes too), 405 naming its method, 502
+/// when RevenueCat fails, 429 once its budget is spent, 503 while the secret
+/// is unusable.
+#[tokio::test]
+async fn every_route_answers_the_refusals_it_documents() {
+    let mut stack = Stack::start().await;
+    stack.set_env("RATE_LIMIT_PER_MINUTE", 1);
+    let router = stack.router();
+    let routes = [
+        ("GET", CURRENCIES.to_owned(), Route::ListCurrencies),
+        ("GET", balances(DEMO_USER), Route::Balances),
+        ("POST", ADJUST.to_owned(), Route::Transaction),
+    ];
+    fn valid(stack: &Stack, method: &str, path: &str) -> Call {
+        match method {
+            "GET" => stack.get(path),
+            _ => stack.adjust(1, None),
+        }
+    }
+    let huge = "x".repeat(16 * 1024 + 1);
+    for (method, path, _) in &routes {
+        let what = format!("{method} {path}");
+        let reply = valid(&stack, method, path).without_header("authorization").send(&router).await;
+        reply.assert_detail(401, "missing_bearer");
+        let reply =
+            valid(&stack, method, path).header("authorization", "Bearer adm_wrong_guess").send(&router).await;
+        reply.assert_detail(403, "invalid_admin_secret");
+        valid(&stack, method, path).body(&huge).send(&router).await.assert_error(413, "payload_too_large");
+        let other = if *method == "GET" { "PUT" } else { "DELETE" };
+        let reply = Call::new(other, path).header("authorization", &stack.bearer()).send(&router).await;
+        reply.assert_detail(405, "method_not_allowed");
+        assert_eq!(reply.header("allow"), Some(*method), "{what}");
+    }
+    within_one_rate_window(Duration::from_secs(10)).await;
+    for (method, path, upstream) in &routes {
+        let server_error = Fault::Status {
+            status: 500,
+            error_type: "server_error".into(),
+            retryable: true,
+            backoff_ms: None,
+        };
+        stack.revenuecat.inject(*upstream, server_error, 1);
+        valid(&stack, method, path).send(&router).await.assert_detail(502, "rc_call_failed: server_error");
+        let reply = valid(&stack, method, path).send(&router).await;
+        reply.assert_detail(429, "rate_limited");
+        assert!(reply.header("retry-after").is_some(), "{method} {path}");
+    }
+    stack.put_raw_secret(&json!({"admin_secret": stack.admin_token}).to_string()).await;
+    let router = stack.router();
+    for (method, path, _) in &routes {
+        valid(&stack, method, path)
+            .send(&router)
+            .await
+            .assert_detail(503, "admin_unconfigured: revenuecat_api_key is not set");
+    }
+    // Port 9 (discard) is closed on loopback: Secrets Manager cannot be reached.
+    stack.set_env("AWS_ENDPOINT_URL", "http://127.0.0.1:9");
+    let router = stack.router();
+    for (method, path, _) in &routes {
+        valid(&stack, method, path).send(&router).await.assert_detail(503, "secret_store_unavailable");
+    }
+}
+
 /// 40 concurrent adjustments over 4 instances (each its own caches and
 /// clients) admit exactly the budget of 30, atomically in DynamoDB.
 #[tokio::test]
