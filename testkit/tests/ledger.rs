@@ -116,13 +116,16 @@ async fn a_user_without_entries_has_an_empty_ledger_and_revenuecat_is_not_asked(
 }
 
 #[tokio::test]
-async fn bad_limits_and_cursors_are_422() {
+async fn bad_user_ids_limits_and_cursors_are_422() {
     let stack = Stack::start().await;
     for n in 0..3 {
         adjust(&stack, adjustment(1, &format!("cursor source {n}"), None, None)).await;
     }
     let cursor = ledger(&stack, "limit=1").await["next_cursor"].as_str().unwrap().to_owned();
     let router = stack.router();
+    for user in ["a%2Fb", "tab%09", "..", &"u".repeat(201)] {
+        stack.get(&ledger_path(user, "")).send(&router).await.assert_error(422, "invalid_user_id");
+    }
     for limit in ["0", "101", "-1", "abc", "1.5", ""] {
         let reply = stack.get(&ledger_path(DEMO_USER, &format!("limit={limit}"))).send(&router).await;
         reply.assert_error(422, "invalid_limit");
