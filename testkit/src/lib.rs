@@ -10,6 +10,8 @@
 //!   function binaries can be invoked as Lambda would invoke them.
 //! * [`function::FunctionProcess`] / [`function::FunctionPool`] — spawn those
 //!   binaries against the emulator and capture their logs.
+//! * [`sam`] — the `events/*.json` files, `events/env.json`, and the arm64
+//!   bootstraps of `sam build` (run under qemu by `scripts/sam-smoke`).
 //!
 //! # Running
 //!
@@ -43,6 +45,7 @@ pub mod aws;
 pub mod function;
 pub mod moto;
 pub mod runtime_api;
+pub mod sam;
 pub mod stack;
 
 mod lines;
