@@ -63,4 +63,4 @@ if [[ "$arch" != aarch64 && "$arch" != arm64 ]]; then
         apt-get install -y -qq --no-install-recommends "${missing[@]}" > /dev/null
     fi
 fi
-say "ready: $("$venv/bin/sam" --version), $("$venv/bin/cargo-lambda" --version 2>&1 | head -n 1), zig $("$venv/bin/python" -m ziglang version)"
+say "ready: $("$venv/bin/sam" --version), $("$venv/bin/cargo-lambda" lambda --version), zig $("$venv/bin/python" -m ziglang version)"
