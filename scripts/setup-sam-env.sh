@@ -4,13 +4,20 @@
 #   - aws-sam-cli, cargo-lambda and ziglang (scripts/requirements-sam.txt)
 #     into <repo>/.venv, resolved together with scripts/requirements-test.txt;
 #   - the Rust target aarch64-unknown-linux-gnu (rustup);
-#   - qemu-aarch64 and the arm64 C library (Debian: qemu-user,
-#     libc6-arm64-cross), to run the arm64 bootstraps on another architecture.
-#     Installed with apt-get when running as root (CI); otherwise it says what
-#     to install and fails.
+#   - with --qemu (scripts/sam-smoke): qemu-aarch64 and the arm64 C library
+#     (Debian: qemu-user, libc6-arm64-cross), to run the arm64 bootstraps on
+#     another architecture. Installed with apt-get when running as root (CI);
+#     otherwise it says what to install and fails. Deploying does not need them.
 #
-# Idempotent: a re-run with everything in place takes about a second.
+# Idempotent: a re-run with everything in place takes well under a second.
 set -euo pipefail
+
+with_qemu=0
+case "${1:-}" in
+    --qemu) with_qemu=1 ;;
+    "") ;;
+    *) echo "usage: scripts/setup-sam-env.sh [--qemu]" >&2; exit 2 ;;
+esac
 
 repo_root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 venv="$repo_root/.venv"
@@ -42,7 +49,7 @@ fi
 
 # --- qemu-aarch64 and the arm64 C library ----------------------------------------
 arch="$(uname -m)"
-if [[ "$arch" != aarch64 && "$arch" != arm64 ]]; then
+if ((with_qemu)) && [[ "$arch" != aarch64 && "$arch" != arm64 ]]; then
     missing=()
     command -v qemu-aarch64 > /dev/null || missing+=(qemu-user)
     [[ -e /usr/aarch64-linux-gnu/lib/ld-linux-aarch64.so.1 ]] || missing+=(libc6-arm64-cross)
