@@ -48,8 +48,9 @@ async fn arm64_lambda(
 
 /// Every process is still up (a `panic = "abort"` path would have killed
 /// it), none logged a panic, every line is JSON (the template's log format)
-/// and none holds a secret.
-fn assert_healthy(lambda: &mut Lambda, stack: &Stack, what: &str) {
+/// and none holds a secret. `requests`: how many HTTP requests were sent, each
+/// of which logs one `request` line.
+async fn assert_healthy(lambda: &mut Lambda, stack: &Stack, requests: usize, what: &str) {
     for i in 0..lambda.pool.len() {
         let status = lambda.pool.instance_mut(i).try_exit_status();
         assert!(
@@ -58,8 +59,17 @@ fn assert_healthy(lambda: &mut Lambda, stack: &Stack, what: &str) {
             lambda.logs().join("\n")
         );
     }
-    let logs = lambda.logs();
-    assert!(!logs.is_empty(), "{what}: no log line at all");
+    // A line is written before its response is posted, but read from the
+    // process's pipe by another thread: wait until every request's is in.
+    let request_lines =
+        |logs: &[String]| logs.iter().filter(|l| l.contains("\"message\":\"request\"")).count();
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let mut logs = lambda.logs();
+    while request_lines(&logs) < requests {
+        assert!(std::time::Instant::now() < deadline, "{what}: {requests} request lines expected: {logs:#?}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        logs = lambda.logs();
+    }
     for line in &logs {
         assert!(!line.contains("panicked"), "{what}: {line}");
         assert!(serde_json::from_str::<Value>(line).is_ok(), "{what}: not a JSON log line: {line}");
@@ -89,11 +99,13 @@ async fn every_event_file_gets_its_documented_answer_from_the_arm64_bootstraps()
     let mut checked = 0;
     for (function, binary) in &functions {
         let mut lambda = arm64_lambda(&stack, &build, function, binary, 1).await;
+        let mut requests = 0;
         for file in files.iter().filter(|f| &f.expect.function == function) {
             sam::check_event(&lambda, file).await;
+            requests += usize::from(file.expect.status.is_some());
             checked += 1;
         }
-        assert_healthy(&mut lambda, &stack, function);
+        assert_healthy(&mut lambda, &stack, requests, function).await;
     }
     assert_eq!(checked, files.len(), "every event file was sent");
     // The grants, the deduction and the REST API grant reached RevenueCat once each.
@@ -121,7 +133,7 @@ async fn concurrent_duplicates_on_the_arm64_bootstrap_apply_once() {
     }
     assert_eq!(stack.revenuecat.transactions().len(), 1, "one RevenueCat transaction");
     assert_eq!(stack.gateway.envelopes().len(), 1, "one envelope");
-    assert_healthy(&mut adjust, &stack, "adjust-credits");
+    assert_healthy(&mut adjust, &stack, calls.len(), "adjust-credits").await;
 }
 
 #[tokio::test]
@@ -143,7 +155,7 @@ async fn the_arm64_bootstrap_admits_exactly_the_template_rate_limit() {
         assert!(reply.header("retry-after").is_some(), "a 429 says when to retry");
     }
     assert_eq!(stack.revenuecat.applied_transactions().len(), limit);
-    assert_healthy(&mut adjust, &stack, "adjust-credits");
+    assert_healthy(&mut adjust, &stack, calls.len(), "adjust-credits").await;
 }
 
 async fn concurrently(lambda: &Lambda, calls: &[Call]) -> Vec<Reply> {
