@@ -5,9 +5,11 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::Mutex;
 
 use async_trait::async_trait;
-use credits::domain::UsageChanged;
+use credits::budget::Budget;
+use credits::domain::ledger::{EntryStatus, LedgerEntry};
 use credits::ports::{
-    ClaimOutcome, IdempotencyStore, NewClaim, Outbox, PendingClaim, RateLimitStore, StoreError,
+    ClaimOutcome, DueEnvelopes, IdempotencyStore, Lapsed, Ledger, LedgerPage, NewClaim, Outbox, PendingClaim,
+    QueuedEnvelope, RateLimitStore, StoreError,
 };
 
 #[derive(Default)]
@@ -17,9 +19,18 @@ pub struct MemoryStore {
 
 #[derive(Default)]
 struct State {
-    counters: HashMap<(String, u64), u32>,
+    counters: HashMap<(String, u64), Counter>,
     records: HashMap<String, Record>,
-    outbox: BTreeMap<String, UsageChanged>,
+    outbox: BTreeMap<String, QueuedEnvelope>,
+    dead_letters: BTreeMap<String, QueuedEnvelope>,
+    /// Per user, by position (oldest first).
+    ledger: HashMap<String, BTreeMap<String, LedgerEntry>>,
+}
+
+#[derive(Default)]
+struct Counter {
+    count: u32,
+    tickets: HashMap<String, u32>,
 }
 
 struct Record {
@@ -37,34 +48,51 @@ impl MemoryStore {
 
 #[async_trait]
 impl RateLimitStore for MemoryStore {
-    async fn try_admit(
+    async fn count(
         &self,
         bucket: &str,
         window_start: u64,
-        limit: u32,
         _: u64,
-    ) -> Result<Option<u32>, StoreError> {
+        ticket: Option<&str>,
+        _: &Budget,
+    ) -> Result<u32, StoreError> {
         let mut state = self.state();
-        state.counters.retain(|(_, start), _| *start >= window_start);
-        let count = state.counters.entry((bucket.to_owned(), window_start)).or_default();
-        if *count >= limit {
-            return Ok(None);
+        // Old windows matter only to reconciliation, which runs within minutes here.
+        state.counters.retain(|(_, start), _| *start + 3600 >= window_start);
+        let counter = state.counters.entry((bucket.to_owned(), window_start)).or_default();
+        counter.count += 1;
+        let position = counter.count;
+        if let Some(ticket) = ticket {
+            counter.tickets.insert(ticket.to_owned(), position);
         }
-        *count += 1;
-        Ok(Some(*count))
+        Ok(position)
+    }
+
+    async fn position_of(
+        &self,
+        bucket: &str,
+        window_start: u64,
+        ticket: &str,
+        _: &Budget,
+    ) -> Result<Option<u32>, StoreError> {
+        let state = self.state();
+        Ok(state
+            .counters
+            .get(&(bucket.to_owned(), window_start))
+            .and_then(|c| c.tickets.get(ticket).copied()))
     }
 }
 
 #[async_trait]
 impl IdempotencyStore for MemoryStore {
-    async fn claim(&self, claim: &NewClaim, now_ms: u64) -> Result<ClaimOutcome, StoreError> {
+    async fn claim(&self, claim: &NewClaim, now_ms: u64, _: &Budget) -> Result<ClaimOutcome, StoreError> {
         let mut state = self.state();
         let Some(existing) = state.records.get_mut(&claim.record_key) else {
             let pending = claim.first_attempt();
             let record =
                 Record { fingerprint: claim.fingerprint.clone(), pending: pending.clone(), response: None };
             state.records.insert(claim.record_key.clone(), record);
-            return Ok(ClaimOutcome::Claimed(pending));
+            return Ok(ClaimOutcome::Claimed(Box::new(pending)));
         };
         if existing.fingerprint != claim.fingerprint {
             return Ok(ClaimOutcome::FingerprintMismatch);
@@ -77,17 +105,25 @@ impl IdempotencyStore for MemoryStore {
         }
         existing.pending.lease_until_ms = claim.lease_until_ms;
         existing.pending.attempts += 1;
-        Ok(ClaimOutcome::Claimed(existing.pending.clone()))
+        Ok(ClaimOutcome::Claimed(Box::new(existing.pending.clone())))
     }
 
-    async fn complete(&self, record_key: &str, response: &str) -> Result<(), StoreError> {
-        if let Some(record) = self.state().records.get_mut(record_key) {
+    async fn complete(
+        &self,
+        record_key: &str,
+        response: &str,
+        entry: &LedgerEntry,
+        _: &Budget,
+    ) -> Result<(), StoreError> {
+        let mut state = self.state();
+        if let Some(record) = state.records.get_mut(record_key) {
             record.response = Some(response.to_owned());
         }
+        state.write_entry(entry);
         Ok(())
     }
 
-    async fn release(&self, record_key: &str) -> Result<(), StoreError> {
+    async fn release(&self, record_key: &str, _: &Budget) -> Result<(), StoreError> {
         let mut state = self.state();
         if state.records.get(record_key).is_some_and(|r| r.response.is_none()) {
             state.records.remove(record_key);
@@ -95,7 +131,7 @@ impl IdempotencyStore for MemoryStore {
         Ok(())
     }
 
-    async fn lapsed(&self, now_ms: u64, limit: usize) -> Result<Vec<PendingClaim>, StoreError> {
+    async fn lapsed(&self, now_ms: u64, limit: usize, _: &Budget) -> Result<Lapsed, StoreError> {
         let state = self.state();
         let mut lapsed: Vec<PendingClaim> = state
             .records
@@ -105,10 +141,10 @@ impl IdempotencyStore for MemoryStore {
             .collect();
         lapsed.sort_by_key(|p| p.lease_until_ms);
         lapsed.truncate(limit);
-        Ok(lapsed)
+        Ok(Lapsed { claims: lapsed, unreadable: Vec::new() })
     }
 
-    async fn renew(&self, claim: &PendingClaim, lease_until_ms: u64) -> Result<bool, StoreError> {
+    async fn renew(&self, claim: &PendingClaim, lease_until_ms: u64, _: &Budget) -> Result<bool, StoreError> {
         let mut state = self.state();
         match state.records.get_mut(&claim.record_key) {
             Some(r) if r.response.is_none() && r.pending.lease_until_ms == claim.lease_until_ms => {
@@ -121,19 +157,92 @@ impl IdempotencyStore for MemoryStore {
     }
 }
 
+impl State {
+    /// The same rules as the DynamoDB conditional writes (see `Ledger::record`).
+    fn write_entry(&mut self, entry: &LedgerEntry) {
+        let entries = self.ledger.entry(entry.user_id.clone()).or_default();
+        let current = entries.get(&entry.position()).map(|e| e.status);
+        let replace = match entry.status {
+            EntryStatus::Applied => true,
+            EntryStatus::Pending => matches!(current, None | Some(EntryStatus::Pending)),
+            EntryStatus::Rejected => current == Some(EntryStatus::Pending),
+        };
+        if replace {
+            entries.insert(entry.position(), entry.clone());
+        }
+    }
+}
+
 #[async_trait]
-impl Outbox for MemoryStore {
-    async fn enqueue(&self, envelope: &UsageChanged, _: u64) -> Result<(), StoreError> {
-        self.state().outbox.insert(envelope.envelope_id.clone(), envelope.clone());
+impl Ledger for MemoryStore {
+    async fn record(&self, entry: &LedgerEntry, _: &Budget) -> Result<(), StoreError> {
+        self.state().write_entry(entry);
         Ok(())
     }
 
-    async fn queued(&self, limit: usize) -> Result<Vec<UsageChanged>, StoreError> {
-        Ok(self.state().outbox.values().take(limit).cloned().collect())
+    async fn page(
+        &self,
+        user_id: &str,
+        after: Option<&str>,
+        limit: u32,
+        _: &Budget,
+    ) -> Result<LedgerPage, StoreError> {
+        let state = self.state();
+        let Some(entries) = state.ledger.get(user_id) else { return Ok(LedgerPage::default()) };
+        let mut newest_first =
+            entries.iter().rev().filter(|(position, _)| after.is_none_or(|a| position.as_str() < a));
+        let page: Vec<LedgerEntry> =
+            newest_first.by_ref().take(limit as usize).map(|(_, e)| e.clone()).collect();
+        let more = newest_first.next().is_some();
+        let last_position = more.then(|| page.last().map(LedgerEntry::position)).flatten();
+        Ok(LedgerPage { entries: page, last_position })
     }
 
-    async fn remove(&self, envelope_id: &str) -> Result<(), StoreError> {
+    async fn undelivered(
+        &self,
+        envelope_ids: &[String],
+        _: &Budget,
+    ) -> Result<std::collections::HashSet<String>, StoreError> {
+        let state = self.state();
+        Ok(envelope_ids
+            .iter()
+            .filter(|id| state.outbox.contains_key(*id) || state.dead_letters.contains_key(*id))
+            .cloned()
+            .collect())
+    }
+}
+
+#[async_trait]
+impl Outbox for MemoryStore {
+    async fn enqueue(&self, queued: &QueuedEnvelope, _: u64, _: &Budget) -> Result<(), StoreError> {
+        self.state().outbox.insert(queued.envelope.envelope_id.clone(), queued.clone());
+        Ok(())
+    }
+
+    async fn due(&self, now_ms: u64, limit: usize, _: &Budget) -> Result<DueEnvelopes, StoreError> {
+        let mut due: Vec<QueuedEnvelope> =
+            self.state().outbox.values().filter(|q| q.next_attempt_ms < now_ms).cloned().collect();
+        due.sort_by_key(|q| q.next_attempt_ms);
+        due.truncate(limit);
+        Ok(DueEnvelopes { envelopes: due, unreadable: Vec::new() })
+    }
+
+    async fn remove(&self, envelope_id: &str, _: &Budget) -> Result<(), StoreError> {
         self.state().outbox.remove(envelope_id);
+        Ok(())
+    }
+
+    async fn retry_later(&self, queued: &QueuedEnvelope, _: &Budget) -> Result<(), StoreError> {
+        if let Some(entry) = self.state().outbox.get_mut(&queued.envelope.envelope_id) {
+            *entry = queued.clone();
+        }
+        Ok(())
+    }
+
+    async fn dead_letter(&self, queued: &QueuedEnvelope, _: &Budget) -> Result<(), StoreError> {
+        let mut state = self.state();
+        state.outbox.remove(&queued.envelope.envelope_id);
+        state.dead_letters.insert(queued.envelope.envelope_id.clone(), queued.clone());
         Ok(())
     }
 }

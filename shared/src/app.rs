@@ -9,13 +9,16 @@ use tokio::sync::Mutex;
 use crate::adapters::dynamodb::DynamoStore;
 use crate::adapters::gateway::{GatewayHttp, NoGateway};
 use crate::adapters::revenuecat::RevenueCatHttp;
+use crate::adapters::sdk;
 use crate::adapters::secrets_manager::{MissingSecret, SecretsManagerSource};
+use crate::budget::Budget;
 use crate::config::{Config, Function};
+use crate::domain::ledger::LedgerEntry;
 use crate::domain::rate_limit::{Admission, MinuteWindow};
-use crate::domain::UsageChanged;
 use crate::ports::{
-    ClaimOutcome, Currency, IdempotencyStore, NewClaim, Notifier, Outbox, PendingClaim, RateLimitStore,
-    RcCredentials, RcError, RevenueCat, SecretSource, StoreError,
+    AdmissionRef, ClaimOutcome, Currency, DueEnvelopes, IdempotencyStore, Lapsed, Ledger, LedgerPage,
+    NewClaim, Notifier, Outbox, PendingClaim, QueuedEnvelope, RateLimitStore, RcCredentials, RcError,
+    RevenueCat, SecretSource, StoreError,
 };
 use crate::secrets::SecretCache;
 
@@ -29,6 +32,7 @@ pub struct Adapters {
     pub rate_limits: Arc<dyn RateLimitStore>,
     pub idempotency: Arc<dyn IdempotencyStore>,
     pub outbox: Arc<dyn Outbox>,
+    pub ledger: Arc<dyn Ledger>,
     pub revenuecat: Arc<dyn RevenueCat>,
     pub notifier: Arc<dyn Notifier>,
 }
@@ -39,6 +43,7 @@ pub struct App {
     pub rate_limits: Arc<dyn RateLimitStore>,
     pub idempotency: Arc<dyn IdempotencyStore>,
     pub outbox: Arc<dyn Outbox>,
+    pub ledger: Arc<dyn Ledger>,
     pub revenuecat: Arc<dyn RevenueCat>,
     pub notifier: Arc<dyn Notifier>,
     currencies: Mutex<Option<CachedCurrencies>>,
@@ -57,6 +62,7 @@ impl App {
             rate_limits: adapters.rate_limits,
             idempotency: adapters.idempotency,
             outbox: adapters.outbox,
+            ledger: adapters.ledger,
             revenuecat: adapters.revenuecat,
             notifier: adapters.notifier,
             currencies: Mutex::new(None),
@@ -78,7 +84,13 @@ impl App {
         let http = http_client(&config);
         let secrets: Arc<dyn SecretSource> = match &config.admin_secret_id {
             Some(id) => {
-                Arc::new(SecretsManagerSource::new(aws_sdk_secretsmanager::Client::new(aws), id.clone()))
+                let client = aws_sdk_secretsmanager::config::Builder::from(aws)
+                    .retry_config(sdk::retry_policy())
+                    .build();
+                Arc::new(SecretsManagerSource::new(
+                    aws_sdk_secretsmanager::Client::from_conf(client),
+                    id.clone(),
+                ))
             }
             None => {
                 tracing::error!(
@@ -87,8 +99,13 @@ impl App {
                 Arc::new(MissingSecret)
             }
         };
-        let (rate_limits, idempotency, outbox) = match &config.table_name {
-            Some(table) => table_ports(DynamoStore::new(aws_sdk_dynamodb::Client::new(aws), table.clone())),
+        let TablePorts { rate_limits, idempotency, outbox, ledger } = match &config.table_name {
+            Some(table) => {
+                let client =
+                    aws_sdk_dynamodb::config::Builder::from(aws).retry_config(sdk::retry_policy()).build();
+                let store = DynamoStore::new(aws_sdk_dynamodb::Client::from_conf(client), table.clone());
+                table_ports(store.with_ledger_retention(config.ledger_retention))
+            }
             None => {
                 tracing::error!("TABLE_NAME is not set; rate limits and idempotency keys cannot work");
                 table_ports(NoTable)
@@ -98,8 +115,12 @@ impl App {
             Some(url) => Arc::new(GatewayHttp::new(http.clone(), url, config.gateway_timeout)),
             None => Arc::new(NoGateway),
         };
-        let revenuecat = Arc::new(RevenueCatHttp::new(http, &config.revenuecat_api_url));
-        Self::new(config, Adapters { secrets, rate_limits, idempotency, outbox, revenuecat, notifier })
+        let revenuecat =
+            Arc::new(RevenueCatHttp::new(http, &config.revenuecat_api_url, config.revenuecat_timeout));
+        Self::new(
+            config,
+            Adapters { secrets, rate_limits, idempotency, outbox, ledger, revenuecat, notifier },
+        )
     }
 
     /// Starts, without waiting, what `function`'s first request would
@@ -117,10 +138,11 @@ impl App {
             // its requests before the runtime's first `GET /next` is written,
             // delaying it by ~1 ms; the event cannot arrive before that anyway.
             tokio::time::sleep(Duration::from_millis(1)).await;
+            let budget = Budget::lasting(BUDGET);
             let secret_and_currencies = async {
-                let Ok(secret) = app.secrets.current().await else { return };
+                let Ok(secret) = app.secrets.current(&budget).await else { return };
                 if lists_currencies {
-                    let _ = app.currencies(&secret.revenuecat).await;
+                    let _ = app.currencies(&secret.revenuecat, &budget).await;
                 }
             };
             let revenuecat = async {
@@ -136,34 +158,69 @@ impl App {
         });
     }
 
-    /// Step 4 of the pipeline: one atomic admission per request. An
-    /// unreachable store admits (admin work must not stop) and says so loudly.
-    pub async fn admit(&self, function: Function, now: SystemTime) -> Admission {
-        let limit = self.config.rate_limit(function);
+    /// Where a request of `function` arriving `now` is counted.
+    pub fn admission_for(
+        &self,
+        function: Function,
+        now: SystemTime,
+        ticket: &str,
+    ) -> (AdmissionRef, MinuteWindow) {
         let window = MinuteWindow::containing(now);
-        match self.rate_limits.try_admit(function.name(), window.start, limit, window.expires_at()).await {
-            Ok(Some(count)) => Admission::Admitted {
+        let admission = AdmissionRef {
+            bucket: function.name().to_owned(),
+            window_start: window.start,
+            limit: self.config.rate_limit(function),
+            ticket: ticket.to_owned(),
+        };
+        (admission, window)
+    }
+
+    /// Step 4 of the pipeline: one atomic admission per request, marked with
+    /// its ticket when `keep_ticket` (an adjustment's claim refers to it). An
+    /// unreachable store admits (admin work must not stop) and says so loudly.
+    pub async fn admit(
+        &self,
+        admission: &AdmissionRef,
+        window: MinuteWindow,
+        keep_ticket: bool,
+        budget: &Budget,
+    ) -> Admission {
+        let (function, limit) = (admission.bucket.as_str(), admission.limit);
+        let ticket = keep_ticket.then_some(admission.ticket.as_str());
+        let counted = budget
+            .try_run(self.rate_limits.count(function, window.start, window.expires_at(), ticket, budget))
+            .await;
+        match counted {
+            Ok(position) if admission.admits(position) => Admission::Admitted {
                 limit,
-                remaining: limit.saturating_sub(count),
+                remaining: limit.saturating_sub(position),
                 reset_after: window.reset_after,
             },
-            Ok(None) => Admission::Refused { limit, reset_after: window.reset_after },
+            Ok(_) => {
+                crate::metrics::rate_limited();
+                Admission::Refused { limit, reset_after: window.reset_after }
+            }
             Err(error) => {
-                tracing::error!(%error, function = function.name(), "rate limiter unavailable; admitting without counting");
+                crate::metrics::limiter_fail_open();
+                tracing::error!(%error, function, "rate limiter unavailable; admitting without counting");
                 Admission::Uncounted
             }
         }
     }
 
     /// The project's currencies, from this instance's cache when it is fresh.
-    pub async fn currencies(&self, creds: &RcCredentials) -> Result<Arc<Vec<Currency>>, RcError> {
-        let mut cached = self.currencies.lock().await;
+    pub async fn currencies(
+        &self,
+        creds: &RcCredentials,
+        budget: &Budget,
+    ) -> Result<Arc<Vec<Currency>>, RcError> {
+        let mut cached = budget.run(self.currencies.lock()).await?;
         if let Some(c) = cached.as_ref() {
             if c.project_id == creds.project_id && c.fetched_at.elapsed() < CURRENCY_CACHE_TTL {
                 return Ok(c.currencies.clone());
             }
         }
-        let currencies = Arc::new(self.revenuecat.list_currencies(creds).await?);
+        let currencies = Arc::new(budget.try_run(self.revenuecat.list_currencies(creds, budget)).await?);
         *cached = Some(CachedCurrencies {
             project_id: creds.project_id.clone(),
             fetched_at: Instant::now(),
@@ -173,13 +230,23 @@ impl App {
     }
 }
 
-/// The three ports one table serves.
-pub type TablePorts = (Arc<dyn RateLimitStore>, Arc<dyn IdempotencyStore>, Arc<dyn Outbox>);
+/// The ports one table serves.
+pub struct TablePorts {
+    pub rate_limits: Arc<dyn RateLimitStore>,
+    pub idempotency: Arc<dyn IdempotencyStore>,
+    pub outbox: Arc<dyn Outbox>,
+    pub ledger: Arc<dyn Ledger>,
+}
 
-/// One store (DynamoDB, in memory …) behind all three table ports.
-pub fn table_ports<S: RateLimitStore + IdempotencyStore + Outbox + 'static>(store: S) -> TablePorts {
+/// One store (DynamoDB, in memory …) behind all the table ports.
+pub fn table_ports<S: RateLimitStore + IdempotencyStore + Outbox + Ledger + 'static>(store: S) -> TablePorts {
     let store = Arc::new(store);
-    (store.clone(), store.clone(), store)
+    TablePorts {
+        rate_limits: store.clone(),
+        idempotency: store.clone(),
+        outbox: store.clone(),
+        ledger: store,
+    }
 }
 
 /// One HTTP client for RevenueCat and the gateway. The connect timeout is
@@ -205,39 +272,65 @@ fn no_table<T>() -> Result<T, StoreError> {
 
 #[async_trait::async_trait]
 impl RateLimitStore for NoTable {
-    async fn try_admit(&self, _: &str, _: u64, _: u32, _: u64) -> Result<Option<u32>, StoreError> {
+    async fn count(&self, _: &str, _: u64, _: u64, _: Option<&str>, _: &Budget) -> Result<u32, StoreError> {
+        no_table()
+    }
+    async fn position_of(&self, _: &str, _: u64, _: &str, _: &Budget) -> Result<Option<u32>, StoreError> {
         no_table()
     }
 }
 
 #[async_trait::async_trait]
 impl IdempotencyStore for NoTable {
-    async fn claim(&self, _: &NewClaim, _: u64) -> Result<ClaimOutcome, StoreError> {
+    async fn claim(&self, _: &NewClaim, _: u64, _: &Budget) -> Result<ClaimOutcome, StoreError> {
         no_table()
     }
-    async fn complete(&self, _: &str, _: &str) -> Result<(), StoreError> {
+    async fn complete(&self, _: &str, _: &str, _: &LedgerEntry, _: &Budget) -> Result<(), StoreError> {
         no_table()
     }
-    async fn release(&self, _: &str) -> Result<(), StoreError> {
+    async fn release(&self, _: &str, _: &Budget) -> Result<(), StoreError> {
         no_table()
     }
-    async fn lapsed(&self, _: u64, _: usize) -> Result<Vec<PendingClaim>, StoreError> {
+    async fn lapsed(&self, _: u64, _: usize, _: &Budget) -> Result<Lapsed, StoreError> {
         no_table()
     }
-    async fn renew(&self, _: &PendingClaim, _: u64) -> Result<bool, StoreError> {
+    async fn renew(&self, _: &PendingClaim, _: u64, _: &Budget) -> Result<bool, StoreError> {
+        no_table()
+    }
+}
+
+#[async_trait::async_trait]
+impl Ledger for NoTable {
+    async fn record(&self, _: &LedgerEntry, _: &Budget) -> Result<(), StoreError> {
+        no_table()
+    }
+    async fn page(&self, _: &str, _: Option<&str>, _: u32, _: &Budget) -> Result<LedgerPage, StoreError> {
+        no_table()
+    }
+    async fn undelivered(
+        &self,
+        _: &[String],
+        _: &Budget,
+    ) -> Result<std::collections::HashSet<String>, StoreError> {
         no_table()
     }
 }
 
 #[async_trait::async_trait]
 impl Outbox for NoTable {
-    async fn enqueue(&self, _: &UsageChanged, _: u64) -> Result<(), StoreError> {
+    async fn enqueue(&self, _: &QueuedEnvelope, _: u64, _: &Budget) -> Result<(), StoreError> {
         no_table()
     }
-    async fn queued(&self, _: usize) -> Result<Vec<UsageChanged>, StoreError> {
+    async fn due(&self, _: u64, _: usize, _: &Budget) -> Result<DueEnvelopes, StoreError> {
         no_table()
     }
-    async fn remove(&self, _: &str) -> Result<(), StoreError> {
+    async fn remove(&self, _: &str, _: &Budget) -> Result<(), StoreError> {
+        no_table()
+    }
+    async fn retry_later(&self, _: &QueuedEnvelope, _: &Budget) -> Result<(), StoreError> {
+        no_table()
+    }
+    async fn dead_letter(&self, _: &QueuedEnvelope, _: &Budget) -> Result<(), StoreError> {
         no_table()
     }
 }

@@ -8,7 +8,7 @@ use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
-use std::time::{Instant, SystemTime};
+use std::time::{Duration, Instant, SystemTime};
 
 use async_trait::async_trait;
 use http::{header, HeaderMap, HeaderValue, Method, Response, StatusCode};
@@ -17,11 +17,13 @@ use percent_encoding::percent_decode_str;
 use serde::Serialize;
 
 use crate::app::App;
+use crate::budget::{Budget, DEFAULT_BUDGET, MIN_STORE_CALL};
 use crate::config::Function;
 use crate::domain::error::seconds_ceil;
 use crate::domain::rate_limit::Admission;
 use crate::domain::validation::MAX_BODY_BYTES;
 use crate::domain::ApiError;
+use crate::ports::AdmissionRef;
 use crate::secrets::{bearer_token, AdminSecret};
 
 /// The parts of a request an endpoint may read, already routed.
@@ -34,9 +36,9 @@ pub struct ApiRequest {
     pub body: Vec<u8>,
     /// Lambda's request id, or a fresh one outside Lambda; it ties log lines together.
     pub request_id: String,
-    /// When the invocation must have answered (epoch ms): Lambda's deadline,
-    /// or a default budget outside Lambda.
-    pub deadline_ms: u64,
+    /// The invocation's time budget: from Lambda's deadline, or a default
+    /// outside Lambda. Every upstream call is bounded by it.
+    pub budget: Budget,
     /// Who called, as far as the shared token lets us tell: API Gateway's
     /// view of the client address and user agent.
     pub caller: Caller,
@@ -104,13 +106,24 @@ pub trait Endpoint: Send + Sync + 'static {
     /// Work started at the same time as the rate-limit admission, so it costs
     /// no extra round trip (the adjustment's idempotency claim).
     type Prepared: Send;
+    /// The least time `execute` needs; the steps before it keep this back.
+    const EXECUTE_NEEDS: Duration;
+    /// Whether the admission marks the counter with the request's ticket,
+    /// so a prepared claim can later be told admitted from refused.
+    const TICKETED_ADMISSION: bool = false;
 
     fn validate(request: &ApiRequest) -> Result<Self::Input, ApiError>;
 
-    async fn prepare(app: &App, input: &Self::Input, request: &ApiRequest) -> Self::Prepared;
+    async fn prepare(
+        app: &App,
+        input: &Self::Input,
+        request: &ApiRequest,
+        admission: &AdmissionRef,
+        budget: &Budget,
+    ) -> Self::Prepared;
 
     /// Undoes `prepare` when the admission was refused.
-    async fn abandon(app: &App, prepared: Self::Prepared);
+    async fn abandon(app: &App, prepared: Self::Prepared, budget: &Budget);
 
     async fn execute(
         app: &App,
@@ -120,9 +133,6 @@ pub trait Endpoint: Send + Sync + 'static {
         request: &ApiRequest,
     ) -> Result<Response<Body>, ApiError>;
 }
-
-/// Outside Lambda (the local runner) a request gets the functions' timeout.
-const DEFAULT_BUDGET_MS: u64 = 20_000;
 
 type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send>>;
 type Pipeline = Box<dyn Fn(Arc<App>, ApiRequest) -> BoxFuture<Response<Body>> + Send + Sync>;
@@ -174,6 +184,7 @@ impl Router {
         let method = request.method().clone();
         let path = request.uri().path().to_owned();
         let response = self.dispatch(request).await;
+        crate::metrics::flush();
         tracing::info!(
             http.method = %method,
             http.path = %path,
@@ -224,20 +235,31 @@ impl tower_service::Service<Request> for Router {
 
 async fn run_pipeline<E: Endpoint>(app: Arc<App>, request: ApiRequest) -> Response<Body> {
     let mut admission = None;
+    let budget = request.budget;
     let outcome = async {
-        let secret =
-            app.secrets.authorize(bearer_token(request.header(header::AUTHORIZATION).as_deref())).await?;
+        // Each step keeps back the least time the steps after it need (spec §3).
+        let secret_budget = budget.keeping(MIN_STORE_CALL + E::EXECUTE_NEEDS);
+        let authorization = request.header(header::AUTHORIZATION);
+        let bearer = bearer_token(authorization.as_deref());
+        let secret = secret_budget
+            .run(app.secrets.authorize(bearer, &secret_budget))
+            .await
+            .unwrap_or(Err(ApiError::SecretStoreUnavailable))?;
         if request.body.len() > MAX_BODY_BYTES {
             return Err(ApiError::PayloadTooLarge { limit: MAX_BODY_BYTES });
         }
         let input = E::validate(&request)?;
         // The rate limit decides first (spec §3); overlapping the two calls
         // only saves time, and a refused request's preparation is undone.
-        let (admitted, prepared) =
-            tokio::join!(app.admit(E::FUNCTION, SystemTime::now()), E::prepare(&app, &input, &request));
+        let (ticket, window) = app.admission_for(E::FUNCTION, SystemTime::now(), &request.request_id);
+        let step = budget.keeping(E::EXECUTE_NEEDS);
+        let (admitted, prepared) = tokio::join!(
+            app.admit(&ticket, window, E::TICKETED_ADMISSION, &step),
+            E::prepare(&app, &input, &request, &ticket, &step)
+        );
         admission = Some(admitted);
         if let Admission::Refused { reset_after, .. } = admitted {
-            E::abandon(&app, prepared).await;
+            E::abandon(&app, prepared, &budget).await;
             return Err(ApiError::RateLimited { retry_after: reset_after });
         }
         E::execute(&app, &secret, input, prepared, &request).await
@@ -254,6 +276,7 @@ async fn run_pipeline<E: Endpoint>(app: Arc<App>, request: ApiRequest) -> Respon
             detail = %error.detail(),
             "refused"
         );
+        crate::metrics::refused(error.code());
         error.into_response()
     });
     if let Some(admission) = admission {
@@ -335,8 +358,8 @@ fn into_api_request(request: Request, path_params: Vec<(&'static str, String)>) 
     let context = request.lambda_context_ref();
     let request_id =
         context.map(|c| c.request_id.clone()).unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
-    let deadline_ms =
-        context.map(|c| c.deadline).unwrap_or_else(|| crate::clock::now_ms() + DEFAULT_BUDGET_MS);
+    let budget =
+        context.map_or_else(|| Budget::lasting(DEFAULT_BUDGET), |c| Budget::from_deadline_ms(c.deadline));
     let query = request
         .uri()
         .query()
@@ -356,7 +379,7 @@ fn into_api_request(request: Request, path_params: Vec<(&'static str, String)>) 
         headers: parts.headers,
         body,
         request_id,
-        deadline_ms,
+        budget,
         caller,
     }
 }

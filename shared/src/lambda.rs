@@ -26,7 +26,9 @@ pub async fn run_http_and_schedule(router: Router) -> Result<(), Error> {
 pub async fn handle_event(router: &Router, event: LambdaEvent<Value>) -> Result<Value, Error> {
     let LambdaEvent { payload, context } = event;
     if is_scheduled_event(&payload) {
-        let summary = reconcile::run_pass(router.app(), context.deadline).await;
+        let budget = crate::budget::Budget::from_deadline_ms(context.deadline);
+        let summary = reconcile::run_pass(router.app(), budget).await;
+        crate::metrics::flush();
         return Ok(serde_json::to_value(summary)?);
     }
     let request: LambdaRequest = serde_json::from_value(payload)

@@ -8,12 +8,14 @@
 
 pub mod adapters;
 pub mod app;
+pub mod budget;
 pub mod clock;
 pub mod config;
 pub mod domain;
 pub mod handlers;
 pub mod http;
 pub mod lambda;
+pub mod metrics;
 pub mod ports;
 pub mod reconcile;
 pub mod secrets;

@@ -42,7 +42,9 @@
 //! ```
 
 pub mod aws;
+pub mod faults;
 pub mod function;
+pub mod logs;
 pub mod moto;
 pub mod runtime_api;
 pub mod sam;

@@ -9,6 +9,7 @@ use credits::{App, Router};
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> Result<(), lambda_runtime::Error> {
     credits::telemetry::init();
+    credits::metrics::init("adjust-credits");
     let router = Router::new(App::from_env().await).route::<AdjustCredits>();
     credits::lambda::run_http_and_schedule(router.warm_up()).await
 }

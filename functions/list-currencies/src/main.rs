@@ -8,6 +8,7 @@ use credits::{App, Router};
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> Result<(), lambda_http::Error> {
     credits::telemetry::init();
+    credits::metrics::init("list-currencies");
     let router = Router::new(App::from_env().await).route::<ListCurrencies>();
     lambda_http::run(router.warm_up()).await
 }

@@ -4,6 +4,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 
+use crate::budget::Budget;
 use crate::domain::UsageChanged;
 use crate::ports::{Notifier, StoreError};
 
@@ -21,13 +22,17 @@ impl GatewayHttp {
 
 #[async_trait]
 impl Notifier for GatewayHttp {
-    async fn notify(&self, bearer: &str, envelope: &UsageChanged) -> Result<(), StoreError> {
+    async fn notify(&self, bearer: &str, envelope: &UsageChanged, budget: &Budget) -> Result<(), StoreError> {
+        let timeout = budget.share(self.timeout);
+        if timeout.is_zero() {
+            return Err(StoreError("gateway post skipped: no time left in the invocation's budget".into()));
+        }
         let response = self
             .client
             .post(&self.control_url)
             .bearer_auth(bearer)
             .json(envelope)
-            .timeout(self.timeout)
+            .timeout(timeout)
             .send()
             .await
             .map_err(|e| StoreError(format!("gateway post failed: {}", describe(&e))))?;
@@ -44,7 +49,7 @@ pub struct NoGateway;
 
 #[async_trait]
 impl Notifier for NoGateway {
-    async fn notify(&self, _bearer: &str, _envelope: &UsageChanged) -> Result<(), StoreError> {
+    async fn notify(&self, _: &str, _: &UsageChanged, _: &Budget) -> Result<(), StoreError> {
         Err(StoreError("GATEWAY_URL is not set".into()))
     }
 }

@@ -3,4 +3,5 @@
 pub mod dynamodb;
 pub mod gateway;
 pub mod revenuecat;
+pub mod sdk;
 pub mod secrets_manager;

@@ -13,6 +13,8 @@ use serde::Deserialize;
 use serde_json::{json, Value};
 
 use crate::adapters::gateway::describe;
+use crate::budget::{Budget, MIN_REVENUECAT_CALL};
+use crate::metrics;
 use crate::ports::{Balance, Currency, ProductGrant, RcCredentials, RcError, RevenueCat, Transaction};
 
 /// Everything but RFC 3986 unreserved characters is encoded, so a customer id
@@ -28,12 +30,14 @@ const MAX_BACKOFF: Duration = Duration::from_secs(3);
 pub struct RevenueCatHttp {
     client: reqwest::Client,
     base_url: String,
+    /// One attempt's longest wait (`REVENUECAT_TIMEOUT_MS`), cut shorter when
+    /// the invocation's budget has less left.
+    timeout: Duration,
 }
 
 impl RevenueCatHttp {
-    /// `client` should carry connect and total timeouts that fit the Lambda deadline.
-    pub fn new(client: reqwest::Client, base_url: &str) -> Self {
-        Self { client, base_url: base_url.trim_end_matches('/').to_owned() }
+    pub fn new(client: reqwest::Client, base_url: &str, timeout: Duration) -> Self {
+        Self { client, base_url: base_url.trim_end_matches('/').to_owned(), timeout }
     }
 
     fn url(&self, creds: &RcCredentials, customer: Option<&str>, tail: &str) -> Result<Url, Failure> {
@@ -46,20 +50,22 @@ impl RevenueCatHttp {
         Url::parse(&url).map_err(|_| Failure::Transport { kind: "invalid_url", maybe_sent: false })
     }
 
-    /// Sends one request, waiting out one 429/423 backoff (§9) before giving up.
-    async fn send(
-        &self,
-        creds: &RcCredentials,
-        method: Method,
-        url: Url,
-        body: Option<&Value>,
-        idempotency_key: Option<&str>,
-    ) -> Result<Value, Failure> {
+    /// Sends one request, waiting out one 429/423 backoff (§9) before giving
+    /// up, if the wait and another attempt fit in `budget`.
+    async fn send(&self, creds: &RcCredentials, call: RcCall<'_>, budget: &Budget) -> Result<Value, Failure> {
+        let RcCall { operation, method, url, body, idempotency_key } = call;
         let mut waited = false;
         loop {
+            let timeout = budget.share(self.timeout);
+            if timeout.is_zero() {
+                return Err(Failure::Transport { kind: "timeout", maybe_sent: waited });
+            }
+            let started = std::time::Instant::now();
+            let observe = |error: Option<&str>| metrics::revenuecat_call(operation, started.elapsed(), error);
             let mut request = self
                 .client
                 .request(method.clone(), url.clone())
+                .timeout(timeout)
                 .bearer_auth(&creds.api_key)
                 .header(reqwest::header::ACCEPT, "application/json");
             if let Some(body) = body {
@@ -68,25 +74,33 @@ impl RevenueCatHttp {
             if let Some(key) = idempotency_key {
                 request = request.header("Idempotency-Key", key);
             }
-            let response = request.send().await.map_err(|e| Failure::Transport {
-                kind: describe(&e),
+            let response = request.send().await.map_err(|e| {
+                observe(Some(describe(&e)));
                 // A refused connection never carried the request.
-                maybe_sent: !e.is_connect(),
+                Failure::Transport { kind: describe(&e), maybe_sent: waited || !e.is_connect() }
             })?;
             let status = response.status();
             let retry_after = retry_after_header(&response);
-            let text = response
-                .text()
-                .await
-                .map_err(|e| Failure::Transport { kind: describe(&e), maybe_sent: true })?;
+            let text = response.text().await.map_err(|e| {
+                observe(Some(describe(&e)));
+                Failure::Transport { kind: describe(&e), maybe_sent: true }
+            })?;
             if status.is_success() {
-                return serde_json::from_str(&text).map_err(|_| Failure::InvalidResponse);
+                let answer = serde_json::from_str(&text).map_err(|_| Failure::InvalidResponse);
+                observe(answer.as_ref().err().map(|_| "invalid_response"));
+                return answer;
             }
-            let error = serde_json::from_str::<ErrorBody>(&text).map_err(|_| Failure::InvalidResponse)?;
+            // A refusal we cannot read is not a definite refusal (spec §6).
+            let error = serde_json::from_str::<ErrorBody>(&text).map_err(|_| {
+                observe(Some("invalid_response"));
+                Failure::InvalidResponse
+            })?;
+            observe(Some(&error.kind));
             let retryable_now = matches!(status, StatusCode::TOO_MANY_REQUESTS | StatusCode::LOCKED);
             let backoff =
                 retry_after.or(error.backoff_ms.map(Duration::from_millis)).unwrap_or(Duration::from_secs(1));
-            if retryable_now && !waited && backoff <= MAX_BACKOFF {
+            let fits = backoff <= MAX_BACKOFF && budget.allows(backoff + MIN_REVENUECAT_CALL);
+            if retryable_now && !waited && fits {
                 waited = true;
                 tracing::warn!(
                     status = status.as_u16(),
@@ -100,35 +114,60 @@ impl RevenueCatHttp {
         }
     }
 
-    /// Follows `next_page` cursors (§2): absolute or relative, only the
-    /// `starting_after` value is taken so we never leave the configured host.
-    async fn get_all_pages(&self, creds: &RcCredentials, mut url: Url) -> Result<Vec<Value>, Failure> {
+    /// Follows `next_page` cursors (§2) from `url`: absolute or relative,
+    /// only the `starting_after` value is taken so we never leave the
+    /// configured host. A cursor that repeats or never ends is an invalid
+    /// response, never a silently cut list.
+    async fn get_all_pages(
+        &self,
+        creds: &RcCredentials,
+        mut url: Url,
+        budget: &Budget,
+        operation: &'static str,
+    ) -> Result<Vec<Value>, Failure> {
         url.query_pairs_mut().append_pair("limit", &PAGE_LIMIT.to_string());
         let mut items = Vec::new();
         let mut cursors_seen = Vec::new();
         for _ in 0..MAX_PAGES {
             let page: Page =
-                serde_json::from_value(self.send(creds, Method::GET, url.clone(), None, None).await?)
+                serde_json::from_value(self.send(creds, RcCall::get(operation, url.clone()), budget).await?)
                     .map_err(|_| Failure::InvalidResponse)?;
             items.extend(page.items);
             let Some(cursor) = page.next_page.as_deref().and_then(starting_after) else {
                 return Ok(items);
             };
             if cursors_seen.contains(&cursor) {
-                return Ok(items);
+                return Err(Failure::InvalidResponse);
             }
-            let mut next = url.clone();
-            let kept: Vec<(String, String)> = url
-                .query_pairs()
-                .filter(|(k, _)| k != "starting_after")
-                .map(|(k, v)| (k.into(), v.into()))
-                .collect();
-            next.query_pairs_mut().clear().extend_pairs(kept).append_pair("starting_after", &cursor);
+            url = with_cursor(&url, &cursor);
             cursors_seen.push(cursor);
-            url = next;
         }
-        Ok(items)
+        Err(Failure::InvalidResponse)
     }
+}
+
+/// One request to RevenueCat; `operation` names it in the metrics.
+struct RcCall<'a> {
+    operation: &'static str,
+    method: Method,
+    url: Url,
+    body: Option<&'a Value>,
+    idempotency_key: Option<&'a str>,
+}
+
+impl RcCall<'_> {
+    fn get(operation: &'static str, url: Url) -> Self {
+        Self { operation, method: Method::GET, url, body: None, idempotency_key: None }
+    }
+}
+
+/// `url` asking for the page after `cursor`.
+fn with_cursor(url: &Url, cursor: &str) -> Url {
+    let kept: Vec<(String, String)> =
+        url.query_pairs().filter(|(k, _)| k != "starting_after").map(|(k, v)| (k.into(), v.into())).collect();
+    let mut next = url.clone();
+    next.query_pairs_mut().clear().extend_pairs(kept).append_pair("starting_after", cursor);
+    next
 }
 
 #[async_trait]
@@ -139,9 +178,14 @@ impl RevenueCat for RevenueCatHttp {
         let _ = self.client.head(&self.base_url).send().await;
     }
 
-    async fn list_currencies(&self, creds: &RcCredentials) -> Result<Vec<Currency>, RcError> {
+    async fn list_currencies(
+        &self,
+        creds: &RcCredentials,
+        budget: &Budget,
+    ) -> Result<Vec<Currency>, RcError> {
         let url = self.url(creds, None, "/virtual_currencies").map_err(Failure::into_generic)?;
-        let items = self.get_all_pages(creds, url).await.map_err(Failure::into_generic)?;
+        let items =
+            self.get_all_pages(creds, url, budget, "list_currencies").await.map_err(Failure::into_generic)?;
         items
             .into_iter()
             .map(|item| serde_json::from_value::<RcCurrency>(item).map(RcCurrency::flatten))
@@ -154,12 +198,14 @@ impl RevenueCat for RevenueCatHttp {
         creds: &RcCredentials,
         customer_id: &str,
         include_empty: bool,
+        budget: &Budget,
     ) -> Result<Vec<Balance>, RcError> {
         let mut url =
             self.url(creds, Some(customer_id), "/virtual_currencies").map_err(Failure::into_generic)?;
         url.query_pairs_mut()
             .append_pair("include_empty_balances", if include_empty { "true" } else { "false" });
-        let items = self.get_all_pages(creds, url).await.map_err(Failure::into_customer)?;
+        let items =
+            self.get_all_pages(creds, url, budget, "balances").await.map_err(Failure::into_customer)?;
         parse_balances(items).map_err(Failure::into_generic)
     }
 
@@ -167,20 +213,54 @@ impl RevenueCat for RevenueCatHttp {
         &self,
         creds: &RcCredentials,
         tx: &Transaction,
-    ) -> Result<Vec<Balance>, RcError> {
+        budget: &Budget,
+    ) -> Result<i64, RcError> {
+        let mut balances_url =
+            self.url(creds, Some(&tx.customer_id), "/virtual_currencies").map_err(Failure::into_generic)?;
+        // Ask for zero balances too, so a deduction to 0 still reports the currency (§5).
+        balances_url.query_pairs_mut().append_pair("include_empty_balances", "true");
         let mut url = self
             .url(creds, Some(&tx.customer_id), "/virtual_currencies/transactions")
             .map_err(Failure::into_generic)?;
-        // Ask for zero balances too, so a deduction to 0 still reports the currency (§5).
         url.query_pairs_mut().append_pair("include_empty_balances", "true");
         let body = json!({ "adjustments": { &tx.currency: tx.amount }, "reference": tx.reference });
         let answer = self
-            .send(creds, Method::POST, url, Some(&body), Some(&tx.idempotency_key))
+            .send(
+                creds,
+                RcCall {
+                    operation: "transaction",
+                    method: Method::POST,
+                    url,
+                    body: Some(&body),
+                    idempotency_key: Some(&tx.idempotency_key),
+                },
+                budget,
+            )
             .await
             .map_err(|failure| failure.into_transaction(tx.amount))?;
-        let page: Page = serde_json::from_value(answer)
-            .map_err(|_| Failure::InvalidResponse.into_transaction(tx.amount))?;
-        parse_balances(page.items).map_err(|f| f.into_transaction(tx.amount))
+        // From here on the transaction is applied: a failure reading the
+        // balance leaves the outcome unknown to us, never "rejected".
+        let unknown = |failure: Failure| match failure.into_generic() {
+            RcError::Rejected { kind } | RcError::OutcomeUnknown { kind } => RcError::OutcomeUnknown { kind },
+            _ => RcError::OutcomeUnknown { kind: "invalid_response".into() },
+        };
+        let page: Page = serde_json::from_value(answer).map_err(|_| unknown(Failure::InvalidResponse))?;
+        let first = parse_balances(page.items).map_err(unknown)?;
+        if let Some(balance) = first.iter().find(|b| b.currency_code == tx.currency) {
+            return Ok(balance.balance);
+        }
+        // The answer lists every balance of the customer, paged like GET
+        // balances: the adjusted currency may be on a later page.
+        let Some(cursor) = page.next_page.as_deref().and_then(starting_after) else {
+            // A currency deducted to zero may be missing from the list.
+            return Ok(0);
+        };
+        let rest = self
+            .get_all_pages(creds, with_cursor(&balances_url, &cursor), budget, "balances")
+            .await
+            .map_err(unknown)?;
+        let rest = parse_balances(rest).map_err(unknown)?;
+        Ok(rest.iter().find(|b| b.currency_code == tx.currency).map_or(0, |b| b.balance))
     }
 }
 
@@ -304,8 +384,7 @@ impl Failure {
 
     /// Transactions (§5): 404 on `adjustments` is an unknown currency, else an
     /// unknown customer; 422 on `adjustments` for a deduction is the
-    /// documented insufficient balance. 423 means a concurrent request with the
-    /// same key may be applying it, so its outcome is not known yet.
+    /// documented insufficient balance. 409 and 423 are not definite (spec §6).
     fn into_transaction(self, amount: i64) -> RcError {
         match self {
             Failure::Api { status: StatusCode::NOT_FOUND, error }
@@ -318,7 +397,11 @@ impl Failure {
             {
                 RcError::InsufficientBalance
             }
-            Failure::Api { status: StatusCode::LOCKED, error } => {
+            // Another request with this key may be applying it right now
+            // (423), or RevenueCat holds a different request under this key
+            // (409 idempotency_error): neither says this one was not applied.
+            Failure::Api { status: StatusCode::LOCKED, error }
+            | Failure::Api { status: StatusCode::CONFLICT, error } => {
                 RcError::OutcomeUnknown { kind: error.kind }
             }
             other => other.into_customer(),

@@ -4,6 +4,8 @@ use async_trait::async_trait;
 use aws_sdk_secretsmanager::error::DisplayErrorContext;
 use aws_sdk_secretsmanager::Client;
 
+use crate::adapters::sdk;
+use crate::budget::Budget;
 use crate::ports::{SecretSource, StoreError};
 
 pub struct SecretsManagerSource {
@@ -19,8 +21,17 @@ impl SecretsManagerSource {
 
 #[async_trait]
 impl SecretSource for SecretsManagerSource {
-    async fn fetch(&self) -> Result<Option<String>, StoreError> {
-        match self.client.get_secret_value().secret_id(&self.secret_id).send().await {
+    async fn fetch(&self, budget: &Budget) -> Result<Option<String>, StoreError> {
+        let timeouts = sdk::timeouts(budget, "GetSecretValue")?;
+        let result = self
+            .client
+            .get_secret_value()
+            .secret_id(&self.secret_id)
+            .customize()
+            .config_override(aws_sdk_secretsmanager::Config::builder().timeout_config(timeouts))
+            .send()
+            .await;
+        match result {
             Ok(output) => Ok(output.secret_string().map(str::to_owned)),
             Err(error) => {
                 let service_error = error.as_service_error();
@@ -41,7 +52,7 @@ pub struct MissingSecret;
 
 #[async_trait]
 impl SecretSource for MissingSecret {
-    async fn fetch(&self) -> Result<Option<String>, StoreError> {
+    async fn fetch(&self, _: &Budget) -> Result<Option<String>, StoreError> {
         Ok(None)
     }
 }
@@ -51,7 +62,7 @@ pub struct StaticSecret(pub String);
 
 #[async_trait]
 impl SecretSource for StaticSecret {
-    async fn fetch(&self) -> Result<Option<String>, StoreError> {
+    async fn fetch(&self, _: &Budget) -> Result<Option<String>, StoreError> {
         Ok(Some(self.0.clone()))
     }
 }

@@ -2,8 +2,10 @@
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-/// Counters outlive their minute a little so a late request can still read them.
-const COUNTER_TTL: Duration = Duration::from_secs(120);
+/// Counters outlive their minute as long as an adjustment's claim can wait
+/// for reconciliation: the counter says whether that claim's request was
+/// admitted (a refused request's claim must never be applied).
+const COUNTER_TTL: Duration = Duration::from_secs(8 * 24 * 3600);
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct MinuteWindow {
@@ -53,6 +55,6 @@ mod tests {
         let w = MinuteWindow::containing(at);
         assert_eq!(w.start, 120);
         assert_eq!(w.reset_after, Duration::from_millis(59_500));
-        assert_eq!(w.expires_at(), 300);
+        assert_eq!(w.expires_at(), 180 + 8 * 24 * 3600, "kept while a claim may still need it");
     }
 }

@@ -9,11 +9,16 @@ use lambda_http::Body;
 use serde::{Deserialize, Serialize};
 
 use crate::app::App;
+use crate::budget::{Budget, MIN_GATEWAY_CALL, MIN_REVENUECAT_CALL, MIN_STORE_CALL};
 use crate::clock;
 use crate::config::Function;
+use crate::domain::ledger::{EntryStatus, Origin};
 use crate::domain::{Adjustment, ApiError, UsageChanged};
 use crate::http::{json_ok, ApiRequest, Endpoint};
-use crate::ports::{ClaimOutcome, NewClaim, PendingClaim, RcError, Transaction};
+use crate::metrics;
+use crate::ports::{
+    AdmissionRef, ClaimOutcome, NewClaim, PendingClaim, QueuedEnvelope, RcError, Transaction,
+};
 use crate::secrets::AdminSecret;
 
 /// Idempotency records and queued envelopes are kept this long (spec §6).
@@ -21,6 +26,9 @@ pub const RECORD_TTL: Duration = Duration::from_secs(7 * 24 * 3600);
 /// A claim's lease outlives the invocation that holds it by this much, so a
 /// retry never takes over from an attempt that may still be running.
 pub const LEASE_MARGIN_MS: u64 = 2_000;
+/// What an applied transaction still needs: the envelope post, then
+/// queueing it when the gateway does not take it.
+const AFTER_TRANSACTION: Duration = MIN_GATEWAY_CALL.saturating_add(MIN_STORE_CALL);
 
 pub struct AdjustCredits;
 
@@ -43,6 +51,8 @@ impl Endpoint for AdjustCredits {
     const FUNCTION: Function = Function::AdjustCredits;
     type Input = Adjustment;
     type Prepared = Claim;
+    const EXECUTE_NEEDS: Duration = MIN_REVENUECAT_CALL.saturating_add(AFTER_TRANSACTION);
+    const TICKETED_ADMISSION: bool = true;
 
     fn validate(request: &ApiRequest) -> Result<Adjustment, ApiError> {
         if !is_json_or_unspecified(request.header(header::CONTENT_TYPE).as_deref()) {
@@ -54,19 +64,27 @@ impl Endpoint for AdjustCredits {
     /// Claims the adjustment while the rate limiter decides: every
     /// adjustment gets a record (keyed by the client's key, or a fresh one),
     /// so even an unkeyed one that dies half-way is settled by reconciliation.
-    async fn prepare(app: &App, adjustment: &Adjustment, request: &ApiRequest) -> Claim {
-        let new = new_claim(adjustment, request.deadline_ms + LEASE_MARGIN_MS);
-        let outcome = app.idempotency.claim(&new, clock::now_ms()).await;
+    async fn prepare(
+        app: &App,
+        adjustment: &Adjustment,
+        request: &ApiRequest,
+        admission: &AdmissionRef,
+        budget: &Budget,
+    ) -> Claim {
+        let lease_until_ms = request.budget.deadline_epoch_ms() + LEASE_MARGIN_MS;
+        let new = new_claim(adjustment, lease_until_ms, admission.clone());
+        let outcome = budget.try_run(app.idempotency.claim(&new, clock::now_ms(), budget)).await;
         Claim { new, outcome }
     }
 
-    async fn abandon(app: &App, claim: Claim) {
+    async fn abandon(app: &App, claim: Claim, budget: &Budget) {
         // Only a claim this request created is ours to drop; a lease taken
         // over from a lapsed attempt simply lapses again.
         if let Ok(ClaimOutcome::Claimed(pending)) = claim.outcome {
             if pending.attempts == 1 {
-                if let Err(error) = app.idempotency.release(&pending.record_key).await {
-                    tracing::warn!(%error, "could not drop the claim of a rate-limited request");
+                if let Err(error) = app.idempotency.release(&pending.record_key, budget).await {
+                    // Reconciliation finds the counter refused this request and drops the claim then.
+                    tracing::warn!(%error, record = %pending.record_key, "could not drop the claim of a rate-limited request");
                 }
             }
         }
@@ -82,9 +100,10 @@ impl Endpoint for AdjustCredits {
         let audit = Audit { request, adjustment: &adjustment };
         let Claim { new: new_claim, outcome } = claim;
         let (claim, recorded) = match outcome {
-            Ok(ClaimOutcome::Claimed(claim)) => (claim, true),
+            Ok(ClaimOutcome::Claimed(claim)) => (*claim, true),
             Ok(ClaimOutcome::Completed { response }) => {
                 audit.log("replayed", None);
+                metrics::adjustment("replayed");
                 return replay(&response);
             }
             Ok(ClaimOutcome::InProgress { lease_until_ms }) => {
@@ -109,7 +128,7 @@ impl Endpoint for AdjustCredits {
             }
         };
         let started = Instant::now();
-        let outcome = settle(app, secret, &claim, recorded).await;
+        let outcome = settle(app, secret, &claim, recorded, Origin::Api, &request.budget).await;
         let latency = Some(started.elapsed());
         match outcome {
             Ok(result) => {
@@ -118,6 +137,8 @@ impl Endpoint for AdjustCredits {
             }
             Err(error) => {
                 audit.log(&outcome_label(&error), latency);
+                let unknown = matches!(error, RcError::OutcomeUnknown { .. });
+                metrics::adjustment(if unknown { "outcome_unknown" } else { "rejected" });
                 Err(error.into())
             }
         }
@@ -136,27 +157,53 @@ pub struct Claim {
 ///   (or queued in the outbox when the gateway does not take it);
 /// - definitely rejected → the claim is released so a retry may run;
 /// - outcome unknown → the claim stays, to be settled once its lease lapses.
+///
+/// The ledger follows: the applied entry is written with the completion
+/// record, an unknown outcome is listed as pending at once, and a pending
+/// entry that RevenueCat then refused becomes rejected.
 pub(crate) async fn settle(
     app: &App,
     secret: &AdminSecret,
     claim: &PendingClaim,
     recorded: bool,
+    origin: Origin,
+    budget: &Budget,
 ) -> Result<AdjustResult, RcError> {
     let transaction = &claim.transaction;
-    let balances = match app.revenuecat.create_transaction(&secret.revenuecat, transaction).await {
-        Ok(balances) => balances,
+    let rc_budget = budget.keeping(AFTER_TRANSACTION);
+    let sent =
+        rc_budget.try_run(app.revenuecat.create_transaction(&secret.revenuecat, transaction, &rc_budget));
+    let balance = match sent.await {
+        Ok(balance) => balance,
         Err(error) => {
-            if recorded && !matches!(error, RcError::OutcomeUnknown { .. }) {
-                if let Err(store_error) = app.idempotency.release(&claim.record_key).await {
+            let definite = !matches!(error, RcError::OutcomeUnknown { .. });
+            if recorded && definite {
+                if let Err(store_error) = app.idempotency.release(&claim.record_key, budget).await {
                     // The lease will lapse and reconciliation will find RevenueCat rejects it again.
                     tracing::error!(record = %claim.record_key, %store_error, "could not release a rejected claim");
+                }
+            }
+            // A first attempt refused outright changed nothing and has no
+            // entry; only an entry listed as pending turns into rejected.
+            let entry = match definite {
+                true if claim.attempts > 1 => Some(claim.ledger_entry(
+                    EntryStatus::Rejected,
+                    origin,
+                    None,
+                    Some(error.kind().to_owned()),
+                )),
+                true => None,
+                false => Some(claim.ledger_entry(EntryStatus::Pending, origin, None, None)),
+            };
+            if let Some(entry) = entry {
+                if let Err(store_error) = budget.try_run(app.ledger.record(&entry, budget)).await {
+                    tracing::error!(record = %claim.record_key, %store_error, status = entry.status.as_str(),
+                        "could not write the ledger entry");
                 }
             }
             return Err(error);
         }
     };
-    // A currency deducted to zero may be missing from the list.
-    let balance = balances.iter().find(|b| b.currency_code == transaction.currency).map_or(0, |b| b.balance);
     let mut result = AdjustResult {
         user_id: transaction.customer_id.clone(),
         currency: transaction.currency.clone(),
@@ -175,30 +222,54 @@ pub(crate) async fn settle(
         SystemTime::now(),
     );
     // Stored with `notified: false`: a replay sends no envelope.
+    metrics::adjustment("applied");
+    metrics::credits(&transaction.currency, transaction.amount);
     let stored = serde_json::to_string(&result).expect("results serialise");
+    let entry = claim.ledger_entry(EntryStatus::Applied, origin, Some(balance), None);
     let record = async {
         if recorded {
-            if let Err(error) = app.idempotency.complete(&claim.record_key, &stored).await {
+            if let Err(error) =
+                budget.try_run(app.idempotency.complete(&claim.record_key, &stored, &entry, budget)).await
+            {
                 // Reconciliation will re-send the same transaction (RevenueCat
-                // replays it) and store the answer then.
+                // replays it) and store the answer and the entry then.
                 tracing::error!(record = %claim.record_key, %error, "could not record a completed adjustment");
             }
+        } else if let Err(error) = budget.try_run(app.ledger.record(&entry, budget)).await {
+            // No claim to settle it later: say everything the ledger would have said.
+            tracing::error!(entry = %serde_json::to_string(&entry).unwrap_or_default(), %error,
+                "an unrecorded adjustment is missing from the ledger");
         }
     };
-    let ((), notified) = tokio::join!(record, deliver(app, secret, &envelope));
+    let ((), notified) = tokio::join!(record, deliver(app, secret, &envelope, budget));
     result.notified = notified;
     Ok(result)
 }
 
 /// Posts the envelope; on failure queues it for reconciliation. `true` when
 /// the gateway accepted it now.
-pub(crate) async fn deliver(app: &App, secret: &AdminSecret, envelope: &UsageChanged) -> bool {
-    match app.notifier.notify(secret.admin_token(), envelope).await {
+pub(crate) async fn deliver(
+    app: &App,
+    secret: &AdminSecret,
+    envelope: &UsageChanged,
+    budget: &Budget,
+) -> bool {
+    let post_budget = budget.keeping(MIN_STORE_CALL);
+    let posted = post_budget.try_run(app.notifier.notify(secret.admin_token(), envelope, &post_budget)).await;
+    match posted {
         Ok(()) => true,
         Err(error) => {
             tracing::warn!(envelope_id = %envelope.envelope_id, %error, "usage.changed not delivered; queueing it");
             let expires_at = clock::now_secs() + RECORD_TTL.as_secs();
-            if let Err(store_error) = app.outbox.enqueue(envelope, expires_at).await {
+            // Due at once: the next reconciliation pass tries it again.
+            let queued =
+                QueuedEnvelope { envelope: envelope.clone(), attempts: 1, next_attempt_ms: clock::now_ms() };
+            let enqueued = budget.try_run(app.outbox.enqueue(&queued, expires_at, budget)).await;
+            match &enqueued {
+                Ok(()) => metrics::envelope_queued(),
+                Err(_) => metrics::envelope_lost(),
+            }
+            if let Err(store_error) = enqueued {
                 tracing::error!(
                     envelope = %serde_json::to_string(envelope).unwrap_or_default(),
                     %store_error,
@@ -210,7 +281,8 @@ pub(crate) async fn deliver(app: &App, secret: &AdminSecret, envelope: &UsageCha
     }
 }
 
-fn new_claim(adjustment: &Adjustment, lease_until_ms: u64) -> NewClaim {
+fn new_claim(adjustment: &Adjustment, lease_until_ms: u64, admission: AdmissionRef) -> NewClaim {
+    let created_ms = clock::now_ms();
     let record_key = match &adjustment.idempotency_key {
         Some(key) => format!("client#{key}"),
         None => format!("auto#{}", uuid::Uuid::new_v4()),
@@ -229,7 +301,10 @@ fn new_claim(adjustment: &Adjustment, lease_until_ms: u64) -> NewClaim {
         },
         envelope_id: uuid::Uuid::new_v4().to_string(),
         lease_until_ms,
-        expires_at: clock::now_secs() + RECORD_TTL.as_secs(),
+        expires_at: created_ms / 1000 + RECORD_TTL.as_secs(),
+        admission,
+        created_ms,
+        actor: adjustment.actor.clone(),
     }
 }
 
@@ -279,6 +354,7 @@ impl Audit<'_> {
             currency = %self.adjustment.currency,
             reason = %self.adjustment.reason,
             idempotency_key = self.adjustment.idempotency_key.as_deref().unwrap_or(""),
+            actor = self.adjustment.actor.as_deref().unwrap_or(""),
             outcome,
             rc_latency_ms = rc_latency.map(|d| d.as_millis() as u64),
             "adjustment"

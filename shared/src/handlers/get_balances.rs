@@ -5,11 +5,15 @@ use http::{Method, Response};
 use lambda_http::Body;
 use serde::Serialize;
 
+use std::time::Duration;
+
 use crate::app::App;
+use crate::budget::{Budget, MIN_REVENUECAT_CALL};
 use crate::config::Function;
 use crate::domain::validation::parse_include_empty;
 use crate::domain::{ApiError, UserId};
 use crate::http::{json_ok, ApiRequest, Endpoint};
+use crate::ports::AdmissionRef;
 use crate::secrets::AdminSecret;
 
 pub struct GetBalances;
@@ -39,6 +43,7 @@ impl Endpoint for GetBalances {
     const FUNCTION: Function = Function::GetBalances;
     type Input = BalanceQuery;
     type Prepared = ();
+    const EXECUTE_NEEDS: Duration = MIN_REVENUECAT_CALL;
 
     fn validate(request: &ApiRequest) -> Result<BalanceQuery, ApiError> {
         let user_id = UserId::parse(request.path_param("user_id").unwrap_or_default())?;
@@ -46,19 +51,21 @@ impl Endpoint for GetBalances {
         Ok(BalanceQuery { user_id, include_empty })
     }
 
-    async fn prepare(_: &App, _: &BalanceQuery, _: &ApiRequest) {}
+    async fn prepare(_: &App, _: &BalanceQuery, _: &ApiRequest, _: &AdmissionRef, _: &Budget) {}
 
-    async fn abandon(_: &App, _: ()) {}
+    async fn abandon(_: &App, _: (), _: &Budget) {}
 
     async fn execute(
         app: &App,
         secret: &AdminSecret,
         query: BalanceQuery,
         _: (),
-        _: &ApiRequest,
+        request: &ApiRequest,
     ) -> Result<Response<Body>, ApiError> {
-        let balances =
-            app.revenuecat.balances(&secret.revenuecat, query.user_id.as_str(), query.include_empty).await?;
+        let balances = app
+            .revenuecat
+            .balances(&secret.revenuecat, query.user_id.as_str(), query.include_empty, &request.budget)
+            .await?;
         let items = balances
             .into_iter()
             // RevenueCat already omits zeros without `include_empty_balances`;
