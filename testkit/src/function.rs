@@ -1,5 +1,9 @@
 //! Running built function binaries as Lambda would: as separate processes
 //! polling a [`RuntimeApiEmulator`], with the environment Lambda provides.
+//!
+//! A process runs a workspace binary by default, or any [`Program`]: e.g. an
+//! arm64 `bootstrap` from `sam build` through `qemu-aarch64` (see
+//! [`crate::sam`]).
 
 use std::ffi::{OsStr, OsString};
 use std::path::PathBuf;
@@ -36,6 +40,43 @@ pub fn function_binary(name: &str) -> PathBuf {
     path
 }
 
+/// What a function process executes: a workspace binary, or a given file,
+/// possibly through a wrapper (e.g. `qemu-aarch64 -L /usr/aarch64-linux-gnu`
+/// to run an arm64 bootstrap on an x86_64 machine).
+#[derive(Debug, Clone)]
+pub struct Program {
+    argv: Vec<OsString>,
+}
+
+impl Program {
+    /// Workspace binary `binary` (see [`function_binary`]).
+    pub fn workspace(binary: &str) -> Program {
+        Program { argv: vec![function_binary(binary).into_os_string()] }
+    }
+
+    /// Executable `path` run through `wrapper` (the wrapper's program and its
+    /// arguments; none runs `path` itself).
+    pub fn wrapped<W>(wrapper: W, path: impl Into<PathBuf>) -> Program
+    where
+        W: IntoIterator,
+        W::Item: Into<OsString>,
+    {
+        let mut argv: Vec<OsString> = wrapper.into_iter().map(Into::into).collect();
+        argv.push(path.into().into_os_string());
+        Program { argv }
+    }
+
+    /// Whether a wrapper (an emulator) runs the executable.
+    pub fn is_wrapped(&self) -> bool {
+        self.argv.len() > 1
+    }
+
+    /// The command line, for messages.
+    pub fn display(&self) -> String {
+        self.argv.iter().map(|a| a.to_string_lossy()).collect::<Vec<_>>().join(" ")
+    }
+}
+
 /// One running function process. Killed when dropped.
 pub struct FunctionProcess {
     name: String,
@@ -53,17 +94,34 @@ impl FunctionProcess {
         K: AsRef<OsStr>,
         V: AsRef<OsStr>,
     {
-        Self::spawn_with(binary, &owned_env(env), emulator)
+        Self::spawn_with(binary, &Program::workspace(binary), &owned_env(env), emulator)
+    }
+
+    /// Spawns `program` as function `binary` (its name in Lambda's variables
+    /// and the log tags) polling `emulator`; `env` as in [`spawn`](Self::spawn).
+    pub fn spawn_program<I, K, V>(
+        binary: &str,
+        program: &Program,
+        env: I,
+        emulator: &RuntimeApiEmulator,
+    ) -> FunctionProcess
+    where
+        I: IntoIterator<Item = (K, V)>,
+        K: AsRef<OsStr>,
+        V: AsRef<OsStr>,
+    {
+        Self::spawn_with(binary, program, &owned_env(env), emulator)
     }
 
     fn spawn_with(
         binary: &str,
+        program: &Program,
         env: &[(OsString, OsString)],
         emulator: &RuntimeApiEmulator,
     ) -> FunctionProcess {
-        let path = function_binary(binary);
-        let mut command = Command::new(&path);
+        let mut command = Command::new(&program.argv[0]);
         command
+            .args(&program.argv[1..])
             .env_clear()
             .envs(PASSED_THROUGH.iter().filter_map(|k| Some((k, std::env::var_os(k)?))))
             .envs(lambda_env(binary, emulator))
@@ -71,7 +129,8 @@ impl FunctionProcess {
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());
-        let mut child = command.spawn().unwrap_or_else(|e| panic!("failed to start {}: {e}", path.display()));
+        let mut child =
+            command.spawn().unwrap_or_else(|e| panic!("failed to start {}: {e}", program.display()));
 
         let logs = Arc::new(Mutex::new(Vec::new()));
         let tag = format!("{binary}[{}]", child.id());
@@ -162,9 +221,25 @@ impl FunctionPool {
         K: AsRef<OsStr>,
         V: AsRef<OsStr>,
     {
+        Self::spawn_program(binary, &Program::workspace(binary), n_instances, env, emulator)
+    }
+
+    /// `n_instances` processes of `program`, as function `binary`.
+    pub fn spawn_program<I, K, V>(
+        binary: &str,
+        program: &Program,
+        n_instances: usize,
+        env: I,
+        emulator: &RuntimeApiEmulator,
+    ) -> FunctionPool
+    where
+        I: IntoIterator<Item = (K, V)>,
+        K: AsRef<OsStr>,
+        V: AsRef<OsStr>,
+    {
         let env = owned_env(env);
         let instances =
-            (0..n_instances).map(|_| FunctionProcess::spawn_with(binary, &env, emulator)).collect();
+            (0..n_instances).map(|_| FunctionProcess::spawn_with(binary, program, &env, emulator)).collect();
         FunctionPool { instances }
     }
 

@@ -10,6 +10,8 @@
 //!   function binaries can be invoked as Lambda would invoke them.
 //! * [`function::FunctionProcess`] / [`function::FunctionPool`] — spawn those
 //!   binaries against the emulator and capture their logs.
+//! * [`sam`] — the `events/*.json` files, `events/env.json`, and the arm64
+//!   bootstraps of `sam build` (run under qemu by `scripts/sam-smoke`).
 //!
 //! # Running
 //!
@@ -45,6 +47,7 @@ pub mod function;
 pub mod logs;
 pub mod moto;
 pub mod runtime_api;
+pub mod sam;
 pub mod stack;
 
 mod lines;

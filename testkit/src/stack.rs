@@ -16,7 +16,7 @@ use serde_json::{json, Value};
 use tracing::Instrument;
 
 use crate::aws::{aws_env, create_table, put_secret, sdk_config, unique_name};
-use crate::function::FunctionPool;
+use crate::function::{FunctionPool, Program};
 use crate::logs::{capture_in_process_logs, code_under_test};
 use crate::moto::MotoServer;
 use crate::runtime_api::{EmulatorOptions, Invocation, RuntimeApiEmulator};
@@ -45,9 +45,15 @@ impl Stack {
 
     /// The same, on a specific moto (e.g. a private one a test will stop).
     pub async fn start_on(moto_endpoint: String) -> Stack {
+        Self::start_named(moto_endpoint, &unique_name("credits"), &unique_name("credits-admin")).await
+    }
+
+    /// The same, with a given table and secret name (e.g. those of
+    /// `events/env.json`; on a moto no other test uses).
+    pub async fn start_named(moto_endpoint: String, table: &str, secret_id: &str) -> Stack {
         capture_in_process_logs();
-        let table = unique_name("credits");
-        let secret_id = unique_name("credits-admin");
+        let table = table.to_owned();
+        let secret_id = secret_id.to_owned();
         let admin_token = format!("adm_{}", uuid::Uuid::new_v4().simple());
         create_table(&moto_endpoint, &table).await;
         let revenuecat = RevenueCatSandbox::demo();
@@ -187,11 +193,28 @@ impl Stack {
     }
 
     pub async fn lambda_with(&self, binary: &str, instances: usize, options: EmulatorOptions) -> Lambda {
+        self.lambda_program(binary, &Program::workspace(binary), instances, self.env(), options).await
+    }
+
+    /// `n` processes of `program` (e.g. an arm64 bootstrap under qemu) as
+    /// function `binary`, with exactly the variables `env` (instead of
+    /// [`env`](Self::env)), polling a fresh emulator.
+    pub async fn lambda_program(
+        &self,
+        binary: &str,
+        program: &Program,
+        instances: usize,
+        env: Vec<(String, String)>,
+        options: EmulatorOptions,
+    ) -> Lambda {
         let emulator = RuntimeApiEmulator::start_with(options).await;
-        let pool = FunctionPool::spawn(binary, instances, self.env(), &emulator);
+        let pool = FunctionPool::spawn_program(binary, program, instances, env, &emulator);
+        // An emulated program (qemu) starts several times slower.
+        let startup = std::time::Duration::from_secs(if program.is_wrapped() { 60 } else { 20 });
         assert!(
-            emulator.wait_for_pollers(instances, std::time::Duration::from_secs(20)).await,
-            "{binary}: {instances} instances did not start polling; logs:\n{}",
+            emulator.wait_for_pollers(instances, startup).await,
+            "{binary} ({}): {instances} instances did not start polling; logs:\n{}",
+            program.display(),
             pool.logs().join("\n")
         );
         Lambda { emulator, pool }
@@ -479,7 +502,7 @@ impl Reply {
 /// `binary` is the function that answered (`None`: the in-process router);
 /// the routes it serves are recorded so the validator can tell a function
 /// rightly refusing another's path from one failing to route its own.
-fn record(call: &Call, reply: &Reply, binary: Option<&str>) {
+pub(crate) fn record(call: &Call, reply: &Reply, binary: Option<&str>) {
     static FILE: OnceLock<Option<Mutex<std::fs::File>>> = OnceLock::new();
     let file = FILE.get_or_init(|| {
         let dir = crate::repo_root().join("target").join("exchanges");

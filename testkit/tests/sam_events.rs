@@ -1,59 +1,28 @@
 //! Every `events/*.json` (the files `sam local invoke -e` takes) runs through
-//! its function binary under the Runtime API emulator and gets the status its
-//! `_expect` block documents.
+//! its function binary under the Runtime API emulator and gets the status and
+//! body shape its `_expect` block documents. `sam_arm64.rs` does the same
+//! with the arm64 bootstraps of `sam build` (`scripts/sam-smoke`).
 
-use std::collections::BTreeMap;
+use std::collections::BTreeSet;
 
-use credits_testkit::repo_root;
-use credits_testkit::stack::{Reply, Stack};
-use serde_json::Value;
-
-/// The token the event files carry (see events/env.json and docs/deploy.md).
-const EXAMPLE_TOKEN: &str = "adm_local_example_token";
+use credits_testkit::sam::{self, EXAMPLE_TOKEN};
+use credits_testkit::stack::Stack;
 
 #[tokio::test]
 async fn every_sam_event_file_gets_the_status_it_documents() {
     let mut stack = Stack::start().await;
     stack.rotate_admin_token(EXAMPLE_TOKEN).await;
-    let template = std::fs::read_to_string(repo_root().join("template.yaml")).expect("template.yaml");
-
-    let mut by_binary: BTreeMap<String, Vec<(String, Value)>> = BTreeMap::new();
-    let mut files: Vec<_> = std::fs::read_dir(repo_root().join("events"))
-        .expect("events/")
-        .map(|e| e.unwrap().path())
-        .filter(|p| p.extension().is_some_and(|e| e == "json") && !p.ends_with("env.json"))
-        .collect();
-    files.sort();
+    let files = sam::event_files();
     assert!(files.len() >= 10, "events/ holds an event per route and error case");
-    for path in files {
-        let name = path.file_name().unwrap().to_string_lossy().into_owned();
-        let event: Value = serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).expect(&name);
-        let expect = &event["_expect"];
-        let function = expect["function"].as_str().unwrap_or_else(|| panic!("{name}: _expect.function"));
-        assert!(template.contains(&format!("  {function}:")), "{name}: {function} is not in template.yaml");
-        by_binary.entry(expect["binary"].as_str().unwrap().to_owned()).or_default().push((name, event));
-    }
 
+    let binaries: BTreeSet<&str> = files.iter().map(|f| f.expect.binary.as_str()).collect();
     let mut checked = 0;
-    for (binary, events) in by_binary {
-        let lambda = stack.lambda(&binary, 1).await;
-        for (name, event) in events {
-            let expect = event["_expect"].clone();
-            let response = lambda.invoke(event).await.into_response();
-            match expect["status"].as_u64() {
-                None => {
-                    assert_eq!(response["complete"], true, "{name}: a reconciliation summary: {response}")
-                }
-                Some(status) => {
-                    let reply = Reply::from_proxy_response(&response);
-                    assert_eq!(u64::from(reply.status), status, "{name}: {}", reply.body);
-                    if let Some(detail) = expect["detail"].as_str() {
-                        assert!(reply.detail().starts_with(detail), "{name}: {}", reply.body);
-                    }
-                }
-            }
+    for binary in binaries {
+        let lambda = stack.lambda(binary, 1).await;
+        for file in files.iter().filter(|f| f.expect.binary == binary) {
+            sam::check_event(&lambda, file).await;
             checked += 1;
         }
     }
-    assert!(checked >= 10);
+    assert_eq!(checked, files.len());
 }
