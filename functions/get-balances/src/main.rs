@@ -1,5 +1,6 @@
 //! `get-balances` Lambda function.
 
+use credits::config::Config;
 use credits::handlers::GetBalances;
 use credits::{App, Router};
 
@@ -8,6 +9,7 @@ use credits::{App, Router};
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> Result<(), lambda_http::Error> {
     credits::telemetry::init();
-    let router = Router::new(App::from_env().await).route::<GetBalances>();
+    let app = App::from_config(Config::from_env(), &credits::lambda::sdk_config().await);
+    let router = Router::new(app).route::<GetBalances>();
     lambda_http::run(router.warm_up()).await
 }
