@@ -10,7 +10,12 @@ Each JSONL line is one exchange recorded by the Rust end-to-end tests
     {"method": "GET", "path": "/admin/credits/balances/user_2abcXYZ",
      "query": "include_empty=true", "request_headers": {...},
      "request_body": "<string or null>", "status": 200,
-     "headers": {"content-type": "application/json", ...}, "body": "<string>"}
+     "headers": {"content-type": "application/json", ...}, "body": "<string>",
+     "served_by": "get-balances", "routes": ["GET /admin/credits/balances/{user_id}"]}
+
+`served_by` is the function binary that answered ("router": the in-process
+router serving every route); `routes` the documented routes it serves
+(`null` when the harness does not know them).
 
 Only RESPONSES are validated (the tests send invalid requests on purpose);
 the request is used to find the operation. For a documented operation the
@@ -25,10 +30,17 @@ schema, documented headers) plus two checks openapi-core does not make:
 An exchange whose path matches no documented path must be
 `404 {"detail": "not_found"}`; one whose method is not documented for its path
 must be `405 {"detail": "method_not_allowed"}` with an `Allow` header naming
-the documented methods. A documented operation answered with
-`404 {"detail": "not_found"}` is accepted too: each Lambda function routes
-only its own path, and the tests may call a function with another function's
-path (API Gateway never does).
+the documented methods. A documented path answered with
+`404 {"detail": "not_found"}` is accepted only from a function that does not
+serve that path (each Lambda function routes only its own path, and the tests
+may call a function with another function's path; API Gateway never does);
+from the function that serves it, or when `routes` is unknown, it is a failure.
+
+With --require-coverage, every response the spec documents must have been
+exercised: each operation with each of its documented statuses and each
+detail code its `x-detail-codes` list, each documented path with a method it
+does not document (405) and a path the spec does not document (404). A
+combination no conforming exchange exercised is a failure.
 
 Prints every failure, then `N exchanges validated, M failed`; exits 1 on any
 failure or when no exchange was read. Needs scripts/requirements-openapi.txt.
@@ -66,12 +78,20 @@ class Failure:
     body: str = ""
 
 
+# Coverage keys for the responses outside the documented operations.
+UNDOCUMENTED_PATH = "(undocumented path)"
+UNDOCUMENTED_METHOD = "(undocumented method on {template})"
+ROUTED_ELSEWHERE = "(documented path sent to another function)"
+
+
 @dataclass
 class Stats:
     validated: int = 0
     failures: list[Failure] = field(default_factory=list)
-    # "GET /admin/credits/currencies" -> {status: count}
+    # "GET /admin/credits/currencies" -> {status: count}, conforming exchanges only
     seen: dict[str, dict[str, int]] = field(default_factory=dict)
+    # ("GET /admin/credits/currencies", "503", "admin_unconfigured"), conforming errors only
+    codes_seen: set[tuple[str, str, str]] = field(default_factory=set)
 
 
 class Spec:
@@ -265,6 +285,14 @@ def check_operation(spec: Spec, ex: dict, template: str, params: dict[str, str],
     return problems
 
 
+def served_paths(ex: dict) -> set[str] | None:
+    """The documented paths the unit that answered serves, or None if unknown."""
+    routes = ex.get("routes")
+    if not isinstance(routes, list):
+        return None
+    return {str(route).split(" ", 1)[-1] for route in routes}
+
+
 def check_exchange(spec: Spec, ex: dict, stats: Stats) -> list[str]:
     for key in ("method", "path", "status", "body"):
         if key not in ex:
@@ -278,33 +306,75 @@ def check_exchange(spec: Spec, ex: dict, stats: Stats) -> list[str]:
     path = logical_path(str(ex["path"]))
     method = str(ex["method"]).lower()
 
-    def count(key: str) -> None:
-        stats.seen.setdefault(key, {}).setdefault(str(status), 0)
-        stats.seen[key][str(status)] += 1
+    def counted(key: str, problems: list[str]) -> list[str]:
+        if not problems:
+            stats.seen.setdefault(key, {}).setdefault(str(status), 0)
+            stats.seen[key][str(status)] += 1
+            code = error_code(body)[0] if status >= 400 else None
+            if code is not None:
+                stats.codes_seen.add((key, str(status), code))
+        return problems
 
     matched = spec.match(path)
     if matched is None:
-        count("(undocumented path)")
-        return check_out_of_spec(spec, ex, status, headers, body, None)
+        return counted(UNDOCUMENTED_PATH, check_out_of_spec(spec, ex, status, headers, body, None))
     template, params = matched
     # Each Lambda function routes only its own path (spec section 1), so the
     # end-to-end tests may send a documented path to a function that does not
-    # own it and get `404 not_found` (API Gateway never does that). A route
-    # miss is never counted by the rate limiter, and the documented 404s never
-    # use `not_found`, so this cannot hide a wrong documented 404.
+    # own it and get `404 not_found` (API Gateway never does that). The
+    # exchange names the routes of the unit that answered, so a function
+    # answering `not_found` on its own path is caught, not excused.
     unrouted = (
         status == 404
         and not any(name.startswith("ratelimit-") for name in headers)
         and error_code(body)[0] == "not_found"
     )
     if unrouted:
-        count("(documented path sent to another function)")
-        return check_out_of_spec(spec, ex, status, headers, body, None)
+        served = served_paths(ex)
+        if served is None:
+            return [f"404 not_found on the documented path {template} from {ex.get('served_by', 'an unknown unit')}"
+                    " whose routes are not recorded"]
+        if template in served:
+            return [f"404 not_found on {template}, which {ex.get('served_by', 'this unit')} serves"]
+        return counted(ROUTED_ELSEWHERE, check_out_of_spec(spec, ex, status, headers, body, None))
     if method not in spec.operations(template):
-        count("(undocumented method)")
-        return check_out_of_spec(spec, ex, status, headers, body, template)
-    count(f"{method.upper()} {template}")
-    return check_operation(spec, ex, template, params, path, status, headers, body)
+        return counted(UNDOCUMENTED_METHOD.format(template=template),
+                       check_out_of_spec(spec, ex, status, headers, body, template))
+    return counted(f"{method.upper()} {template}",
+                   check_operation(spec, ex, template, params, path, status, headers, body))
+
+
+def required_coverage(spec: Spec) -> dict[str, set[str]]:
+    """Every (key, status) the spec documents: each operation's statuses, a 405
+    on each documented path, a 404 on a path it does not document."""
+    required: dict[str, set[str]] = {UNDOCUMENTED_PATH: {"404"}}
+    for template in spec.raw.get("paths", {}):
+        for method, operation in spec.operations(template).items():
+            required[f"{method.upper()} {template}"] = {str(s) for s in operation.get("responses", {})}
+        required[UNDOCUMENTED_METHOD.format(template=template)] = {"405"}
+    return required
+
+
+def required_codes(spec: Spec) -> set[tuple[str, str, str]]:
+    """Every detail code each operation's error responses list in `x-detail-codes`."""
+    required = set()
+    for template in spec.raw.get("paths", {}):
+        for method, operation in spec.operations(template).items():
+            for status, response in operation.get("responses", {}).items():
+                for code in spec.resolve(response).get("x-detail-codes") or []:
+                    required.add((f"{method.upper()} {template}", str(status), code))
+    return required
+
+
+def missing_coverage(spec: Spec, stats: Stats) -> list[str]:
+    missing = []
+    for key, statuses in required_coverage(spec).items():
+        for status in sorted(statuses - set(stats.seen.get(key, {}))):
+            missing.append(f"{key} {status}")
+    for key, status, code in sorted(required_codes(spec) - stats.codes_seen):
+        if status in stats.seen.get(key, {}):  # else reported above already
+            missing.append(f"{key} {status} {code}")
+    return missing
 
 
 def read_exchanges(paths: list[Path]) -> Iterator[tuple[str, dict | None, str | None]]:
@@ -343,6 +413,8 @@ def main(argv: list[str]) -> int:
     parser.add_argument("spec", type=Path, help="the OpenAPI document (docs/openapi.yaml)")
     parser.add_argument("exchanges", type=Path, nargs="+", help="JSONL files of recorded exchanges")
     parser.add_argument("--quiet", action="store_true", help="no per-operation status coverage")
+    parser.add_argument("--require-coverage", action="store_true",
+                        help="fail unless every documented response was exercised")
     args = parser.parse_args(argv)
 
     try:
@@ -377,22 +449,23 @@ def main(argv: list[str]) -> int:
             print(f"    body: {preview}")
 
     if not args.quiet and stats.seen:
-        print("statuses seen per operation:")
+        print("statuses seen per operation (conforming exchanges):")
         for key in sorted(stats.seen):
             counts = ", ".join(f"{s}×{n}" for s, n in sorted(stats.seen[key].items()))
             print(f"  {key}: {counts}")
-        for template in spec.raw.get("paths", {}):
-            for method, operation in spec.operations(template).items():
-                key = f"{method.upper()} {template}"
-                missing = sorted(set(map(str, operation.get("responses", {}))) - set(stats.seen.get(key, {})))
-                if missing:
-                    print(f"  {key}: documented but not exercised: {', '.join(missing)}")
+
+    missing = missing_coverage(spec, stats)
+    for combination in missing:
+        print(f"{'FAIL' if args.require_coverage else 'note'} coverage: documented but not exercised: {combination}")
 
     print(f"{stats.validated} exchanges validated, {len(stats.failures)} failed")
     if stats.validated == 0:
         print("error: no exchanges were read", flush=True)
         return 1
-    return 1 if stats.failures else 0
+    if args.require_coverage:
+        print(f"coverage: {len(missing)} documented response(s) not exercised" if missing
+              else "coverage: every documented response was exercised")
+    return 1 if stats.failures or (args.require_coverage and missing) else 0
 
 
 if __name__ == "__main__":

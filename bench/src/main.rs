@@ -63,12 +63,16 @@ async fn refill_quota() {
 const WARM_UP: usize = 5;
 /// Accept any HTTP status (warm-up requests that are meant to fail).
 const ANY_STATUS: u16 = 0;
+/// Entries per ledger page in the ledger read (the route's default is 50).
+const LEDGER_PAGE: usize = 25;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Endpoint {
     Floor,
     Currencies,
     Balances,
+    /// The newest page of a customer's ledger ([`LEDGER_PAGE`] entries).
+    Ledger,
     AdjustNoKey,
     AdjustWithKey,
 }
@@ -78,7 +82,7 @@ impl Endpoint {
         match self {
             Endpoint::Floor => FLOOR,
             Endpoint::Currencies => "list-currencies",
-            Endpoint::Balances => "get-balances",
+            Endpoint::Balances | Endpoint::Ledger => "get-balances",
             Endpoint::AdjustNoKey | Endpoint::AdjustWithKey => "adjust-credits",
         }
     }
@@ -88,6 +92,7 @@ impl Endpoint {
             Endpoint::Floor => "floor (echo)",
             Endpoint::Currencies => "currencies, list cached",
             Endpoint::Balances => "balances",
+            Endpoint::Ledger => "ledger, page of 25",
             Endpoint::AdjustNoKey => "adjust without key",
             Endpoint::AdjustWithKey => "adjust with key",
         }
@@ -97,7 +102,7 @@ impl Endpoint {
         match self {
             Endpoint::Floor => None,
             Endpoint::Currencies => Some(1),
-            Endpoint::Balances => Some(2),
+            Endpoint::Balances | Endpoint::Ledger => Some(2),
             Endpoint::AdjustNoKey | Endpoint::AdjustWithKey => Some(3),
         }
     }
@@ -437,13 +442,15 @@ async fn run(root: PathBuf, out: PathBuf, samples: Samples) -> Result<(), String
         }
     }
 
-    // Warm requests: one long-lived instance per binary.
+    // Warm requests: one long-lived instance per binary. Adjust runs before
+    // get-balances so that the ledger page read there is a full one (every
+    // adjustment above left an entry for the same customer).
     let mut endpoints = Vec::new();
     let groups: [(&str, &[Endpoint]); 4] = [
         (FLOOR, &[Endpoint::Floor]),
         ("list-currencies", &[Endpoint::Currencies]),
-        ("get-balances", &[Endpoint::Balances]),
         ("adjust-credits", &[Endpoint::AdjustNoKey, Endpoint::AdjustWithKey]),
+        ("get-balances", &[Endpoint::Balances, Endpoint::Ledger]),
     ];
     for (binary, group) in groups {
         eprintln!("credits-bench: warm requests, {binary}");
@@ -513,6 +520,10 @@ impl Bench {
             Endpoint::Balances => {
                 self.stack.get(&format!("/admin/credits/balances/{}", credits_testkit::stack::DEMO_USER))
             }
+            Endpoint::Ledger => self.stack.get(&format!(
+                "/admin/credits/ledger/{}?limit={LEDGER_PAGE}",
+                credits_testkit::stack::DEMO_USER
+            )),
             Endpoint::AdjustNoKey => self.stack.adjust(amount, None),
             Endpoint::AdjustWithKey => {
                 self.stack.adjust(amount, Some(&format!("bench-{}", uuid::Uuid::new_v4().simple())))

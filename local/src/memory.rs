@@ -6,9 +6,10 @@ use std::sync::Mutex;
 
 use async_trait::async_trait;
 use credits::budget::Budget;
+use credits::domain::ledger::{EntryStatus, LedgerEntry};
 use credits::ports::{
-    ClaimOutcome, DueEnvelopes, IdempotencyStore, Lapsed, NewClaim, Outbox, PendingClaim, QueuedEnvelope,
-    RateLimitStore, StoreError,
+    ClaimOutcome, DueEnvelopes, IdempotencyStore, Lapsed, Ledger, LedgerPage, NewClaim, Outbox, PendingClaim,
+    QueuedEnvelope, RateLimitStore, StoreError,
 };
 
 #[derive(Default)]
@@ -22,6 +23,8 @@ struct State {
     records: HashMap<String, Record>,
     outbox: BTreeMap<String, QueuedEnvelope>,
     dead_letters: BTreeMap<String, QueuedEnvelope>,
+    /// Per user, by position (oldest first).
+    ledger: HashMap<String, BTreeMap<String, LedgerEntry>>,
 }
 
 #[derive(Default)]
@@ -105,10 +108,18 @@ impl IdempotencyStore for MemoryStore {
         Ok(ClaimOutcome::Claimed(Box::new(existing.pending.clone())))
     }
 
-    async fn complete(&self, record_key: &str, response: &str, _: &Budget) -> Result<(), StoreError> {
-        if let Some(record) = self.state().records.get_mut(record_key) {
+    async fn complete(
+        &self,
+        record_key: &str,
+        response: &str,
+        entry: &LedgerEntry,
+        _: &Budget,
+    ) -> Result<(), StoreError> {
+        let mut state = self.state();
+        if let Some(record) = state.records.get_mut(record_key) {
             record.response = Some(response.to_owned());
         }
+        state.write_entry(entry);
         Ok(())
     }
 
@@ -143,6 +154,61 @@ impl IdempotencyStore for MemoryStore {
             }
             _ => Ok(false),
         }
+    }
+}
+
+impl State {
+    /// The same rules as the DynamoDB conditional writes (see `Ledger::record`).
+    fn write_entry(&mut self, entry: &LedgerEntry) {
+        let entries = self.ledger.entry(entry.user_id.clone()).or_default();
+        let current = entries.get(&entry.position()).map(|e| e.status);
+        let replace = match entry.status {
+            EntryStatus::Applied => true,
+            EntryStatus::Pending => matches!(current, None | Some(EntryStatus::Pending)),
+            EntryStatus::Rejected => current == Some(EntryStatus::Pending),
+        };
+        if replace {
+            entries.insert(entry.position(), entry.clone());
+        }
+    }
+}
+
+#[async_trait]
+impl Ledger for MemoryStore {
+    async fn record(&self, entry: &LedgerEntry, _: &Budget) -> Result<(), StoreError> {
+        self.state().write_entry(entry);
+        Ok(())
+    }
+
+    async fn page(
+        &self,
+        user_id: &str,
+        after: Option<&str>,
+        limit: u32,
+        _: &Budget,
+    ) -> Result<LedgerPage, StoreError> {
+        let state = self.state();
+        let Some(entries) = state.ledger.get(user_id) else { return Ok(LedgerPage::default()) };
+        let mut newest_first =
+            entries.iter().rev().filter(|(position, _)| after.is_none_or(|a| position.as_str() < a));
+        let page: Vec<LedgerEntry> =
+            newest_first.by_ref().take(limit as usize).map(|(_, e)| e.clone()).collect();
+        let more = newest_first.next().is_some();
+        let last_position = more.then(|| page.last().map(LedgerEntry::position)).flatten();
+        Ok(LedgerPage { entries: page, last_position })
+    }
+
+    async fn undelivered(
+        &self,
+        envelope_ids: &[String],
+        _: &Budget,
+    ) -> Result<std::collections::HashSet<String>, StoreError> {
+        let state = self.state();
+        Ok(envelope_ids
+            .iter()
+            .filter(|id| state.outbox.contains_key(*id) || state.dead_letters.contains_key(*id))
+            .cloned()
+            .collect())
     }
 }
 

@@ -55,6 +55,7 @@ async fn index() -> Json<serde_json::Value> {
         "routes": [
             "GET /admin/credits/currencies",
             "GET /admin/credits/balances/{user_id}?include_empty=true|false",
+            "GET /admin/credits/ledger/{user_id}?limit=1..100&cursor=…  (Accept: text/csv for CSV)",
             "POST /admin/credits/adjust",
         ],
         "local_only": ["POST /_local/reconcile"],
@@ -80,9 +81,10 @@ fn print_banner(local: &Local, url: &str) {
     println!("  curl -s -H 'Authorization: Bearer {token}' {url}/admin/credits/balances/user_2abcXYZ");
     println!(
         "  curl -s -H 'Authorization: Bearer {token}' -H 'Content-Type: application/json' \
-         -d '{{\"user_id\":\"user_2abcXYZ\",\"amount\":100,\"reason\":\"ZD-1234 goodwill\",\"idempotency_key\":\"ZD-1234-grant\"}}' \
+         -d '{{\"user_id\":\"user_2abcXYZ\",\"amount\":100,\"reason\":\"ZD-1234 goodwill\",\"idempotency_key\":\"ZD-1234-grant\",\"actor\":\"ana@example.com\"}}' \
          {url}/admin/credits/adjust"
     );
+    println!("  curl -s -H 'Authorization: Bearer {token}' {url}/admin/credits/ledger/user_2abcXYZ   # who gave what, when, why");
     println!("  curl -s -X POST {url}/_local/reconcile   # one reconciliation pass");
 }
 

@@ -7,9 +7,9 @@ use credits::adapters::dynamodb::DynamoStore;
 use credits::adapters::gateway::GatewayHttp;
 use credits::adapters::revenuecat::RevenueCatHttp;
 use credits::adapters::secrets_manager::StaticSecret;
-use credits::app::{http_client, table_ports};
+use credits::app::{http_client, table_ports, TablePorts};
 use credits::config::Config;
-use credits::handlers::{AdjustCredits, GetBalances, ListCurrencies};
+use credits::handlers::{AdjustCredits, GetBalances, GetLedger, ListCurrencies};
 use credits::ports::Notifier;
 use credits::{Adapters, App, Router};
 use credits_sandbox::{RevenueCatSandbox, SandboxServer};
@@ -65,14 +65,15 @@ impl Local {
         })
         .to_string();
 
-        let (rate_limits, idempotency, outbox) = match &config.table_name {
+        let TablePorts { rate_limits, idempotency, outbox, ledger } = match &config.table_name {
             Some(table) => {
                 let aws = aws_config::load_from_env().await;
                 adapters.push(format!("Store: DynamoDB table {table}"));
-                table_ports(DynamoStore::new(aws_sdk_dynamodb::Client::new(&aws), table.clone()))
+                let store = DynamoStore::new(aws_sdk_dynamodb::Client::new(&aws), table.clone());
+                table_ports(store.with_ledger_retention(config.ledger_retention))
             }
             None => {
-                adapters.push("Store: in memory (rate limits, idempotency records, outbox)".into());
+                adapters.push("Store: in memory (rate limits, idempotency records, outbox, ledger)".into());
                 table_ports(MemoryStore::default())
             }
         };
@@ -97,12 +98,16 @@ impl Local {
                 rate_limits,
                 idempotency,
                 outbox,
+                ledger,
                 revenuecat,
                 notifier,
             },
         );
-        let router =
-            Router::new(app).route::<ListCurrencies>().route::<GetBalances>().route::<AdjustCredits>();
+        let router = Router::new(app)
+            .route::<ListCurrencies>()
+            .route::<GetBalances>()
+            .route::<GetLedger>()
+            .route::<AdjustCredits>();
         Ok(Self {
             router,
             listen: SocketAddr::from(([127, 0, 0, 1], port)),

@@ -14,6 +14,7 @@ use axum::Json;
 use serde_json::{json, Value};
 
 use crate::server::{self, ephemeral_loopback, Connection, SandboxServer};
+use crate::Gate;
 
 /// The one route the gateway serves.
 const CONTROL_PATH: &str = "/internal/control";
@@ -39,6 +40,8 @@ pub enum GatewayFault {
     Delay(Duration),
     /// Drop the TCP connection without writing any response; nothing is recorded.
     CloseConnection,
+    /// Like `Delay`, but until the test opens the gate.
+    HoldUntil(Gate),
 }
 
 #[derive(Default)]
@@ -159,9 +162,10 @@ impl GatewayStandIn {
             }
             state.take_fault()
         };
-        let delay = match fault {
-            None => Duration::ZERO,
-            Some(GatewayFault::Delay(delay)) => delay,
+        let (delay, gate) = match fault {
+            None => (Duration::ZERO, None),
+            Some(GatewayFault::Delay(delay)) => (delay, None),
+            Some(GatewayFault::HoldUntil(gate)) => (Duration::ZERO, Some(gate)),
             Some(GatewayFault::Status(status)) => {
                 let status = StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
                 return error(status, "injected fault");
@@ -173,6 +177,9 @@ impl GatewayStandIn {
         let processing = tokio::spawn(async move {
             if !delay.is_zero() {
                 tokio::time::sleep(delay).await;
+            }
+            if let Some(gate) = gate {
+                gate.passed().await;
             }
             gateway.process(&parts.headers, &body)
         });

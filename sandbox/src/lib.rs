@@ -8,9 +8,11 @@
 //! Both serve HTTP/1.1 on the current tokio runtime, keep their state behind a cheap-to-clone
 //! handle for assertions, and stop when the returned [`SandboxServer`] is dropped.
 
+mod gate;
 pub mod gateway;
 pub mod revenuecat;
 mod server;
 
+pub use gate::Gate;
 pub use gateway::*;
 pub use revenuecat::*;

@@ -20,6 +20,7 @@ use axum::http::StatusCode;
 
 pub use crate::server::SandboxServer;
 use crate::server::{self, ephemeral_loopback};
+use crate::Gate;
 use transaction::IdempotencyEntry;
 
 /// A fake RevenueCat project: currencies, customers and their balances, plus the knobs tests
@@ -92,6 +93,11 @@ pub enum Fault {
     UnreadableStatus(u16),
     /// Drop the TCP connection without writing any response.
     CloseConnection,
+    /// Like `Delay`, but until the test opens the gate: the request is in flight (a
+    /// transaction holding its Idempotency-Key) for exactly as long as the test needs.
+    HoldUntil(Gate),
+    /// Like `ApplyThenDelay`, but the answer waits until the test opens the gate.
+    ApplyThenHoldUntil(Gate),
 }
 
 /// The routes faults and counters refer to.
@@ -129,6 +135,7 @@ impl RevenueCatSandbox {
             idempotency: HashMap::new(),
             faults: VecDeque::new(),
             requests: HashMap::new(),
+            arrivals: Vec::new(),
             rate_windows: HashMap::new(),
             page_limit_cap: None,
         };
@@ -200,6 +207,13 @@ impl RevenueCatSandbox {
         self.lock().requests.get(&route).copied().unwrap_or(0)
     }
 
+    /// When each request on `route` arrived, in arrival order, faulted and rejected ones
+    /// included (`Route::Any`: every routed request). For timing a client's backoff.
+    pub fn arrivals(&self, route: Route) -> Vec<Instant> {
+        let state = self.lock();
+        state.arrivals.iter().filter(|(r, _)| route.matches(*r)).map(|(_, at)| *at).collect()
+    }
+
     /// Queues `fault` for the next `times` requests matching `route`. Queued faults are used
     /// in the order they were injected.
     ///
@@ -251,6 +265,8 @@ struct State {
     idempotency: HashMap<String, IdempotencyEntry>,
     faults: VecDeque<ArmedFault>,
     requests: HashMap<Route, usize>,
+    /// When each routed request arrived, in arrival order.
+    arrivals: Vec<(Route, Instant)>,
     rate_windows: HashMap<RateDomain, RateWindow>,
     page_limit_cap: Option<usize>,
 }
@@ -278,6 +294,7 @@ impl State {
         *self.requests.entry(Route::Any).or_default() += 1;
         if let Some(route) = route {
             *self.requests.entry(route).or_default() += 1;
+            self.arrivals.push((route, Instant::now()));
         }
     }
 

@@ -2,7 +2,7 @@
 
 use std::time::{Duration, Instant};
 
-use credits_sandbox::{GatewayFault, GatewayStandIn, SandboxServer};
+use credits_sandbox::{Gate, GatewayFault, GatewayStandIn, SandboxServer};
 use reqwest::{RequestBuilder, StatusCode};
 use serde_json::{json, Value};
 
@@ -134,13 +134,24 @@ async fn delay_fault_answers_after_the_delay() {
 #[tokio::test]
 async fn delayed_envelope_is_recorded_even_if_the_caller_gave_up() {
     let gateway = Gateway::start(None).await;
-    gateway.stand_in.inject(GatewayFault::Delay(Duration::from_millis(300)), 1);
+    let gate = Gate::new();
+    gateway.stand_in.inject(GatewayFault::HoldUntil(gate.clone()), 1);
     let error = gateway.post(&envelope("e1")).timeout(Duration::from_millis(100)).send().await.unwrap_err();
     assert!(error.is_timeout());
-    // The caller retries at once; the retry is accepted before the delayed original.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while gate.waiting() == 0 {
+        assert!(Instant::now() < deadline, "the original never reached the gate");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    // The caller retries; the retry is accepted while the original is still held.
     let (_, body) = send(gateway.post(&envelope("e1"))).await;
     assert_eq!(body["duplicate"], false);
-    tokio::time::sleep(Duration::from_millis(400)).await;
+    assert_eq!(gate.waiting(), 1, "the original is still held");
+    gate.open();
+    while gateway.stand_in.envelopes().len() < 2 {
+        assert!(Instant::now() < deadline, "the held original was never recorded");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
     assert_eq!(gateway.stand_in.envelopes().len(), 2);
     assert_eq!(gateway.stand_in.unique_envelope_ids(), ["e1"]);
 }

@@ -2,7 +2,7 @@
 
 use std::time::{Duration, Instant};
 
-use credits_sandbox::{Currency, Fault, RevenueCatSandbox, Route, SandboxServer};
+use credits_sandbox::{Currency, Fault, Gate, RevenueCatSandbox, Route, SandboxServer};
 use reqwest::header::CONTENT_TYPE;
 use reqwest::{RequestBuilder, StatusCode};
 use serde_json::{json, Value};
@@ -60,6 +60,15 @@ async fn send(request: RequestBuilder) -> (StatusCode, Value) {
     let status = response.status();
     let body = response.json().await.expect("JSON body");
     (status, body)
+}
+
+/// Polls `condition` until it holds; panics after 10 s.
+async fn wait_until(what: &str, condition: impl Fn() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !condition() {
+        assert!(Instant::now() < deadline, "timed out waiting until {what}");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
 }
 
 fn error_body(kind: &str, message: &str) -> Value {
@@ -586,10 +595,12 @@ async fn reusing_a_key_for_another_request_is_409() {
 #[tokio::test]
 async fn duplicate_in_flight_is_423_then_replayed() {
     let api = Api::demo().await;
-    api.sandbox.inject(Route::Transaction, Fault::Delay(Duration::from_millis(400)), 1);
+    let gate = Gate::new();
+    api.sandbox.inject(Route::Transaction, Fault::HoldUntil(gate.clone()), 1);
     let body = json!({"adjustments": {"CRD": -10}});
     let first = tokio::spawn(api.transaction(&body, Some("k-slow")).send());
-    tokio::time::sleep(Duration::from_millis(100)).await;
+    // Held at the gate means it has claimed its key and is still in flight.
+    wait_until("the first request holds its key", || gate.waiting() == 1).await;
 
     let (status, locked) = send(api.transaction(&body, Some("k-slow"))).await;
     assert_eq!(status, StatusCode::LOCKED);
@@ -607,7 +618,9 @@ async fn duplicate_in_flight_is_423_then_replayed() {
     // A different body under the same in-flight key is a conflict, not a lock.
     let (status, _) = send(api.transaction(&json!({"adjustments": {"CRD": -11}}), Some("k-slow"))).await;
     assert_eq!(status, StatusCode::CONFLICT);
+    assert_eq!(api.sandbox.balance(CUSTOMER, "CRD"), Some(120), "nothing applied while held");
 
+    gate.open();
     let first = first.await.unwrap().unwrap();
     assert_eq!(first.status(), StatusCode::OK);
     let (status, _) = send(api.transaction(&body, Some("k-slow"))).await;
@@ -763,21 +776,48 @@ async fn delay_fault_answers_normally_after_the_delay() {
 #[tokio::test]
 async fn delayed_transaction_is_applied_even_if_the_caller_gave_up() {
     let api = Api::demo().await;
-    api.sandbox.inject(Route::Transaction, Fault::Delay(Duration::from_millis(300)), 1);
+    let gate = Gate::new();
+    api.sandbox.inject(Route::Transaction, Fault::HoldUntil(gate.clone()), 1);
     let request =
         api.transaction(&json!({"adjustments": {"CRD": -20}}), None).timeout(Duration::from_millis(100));
     let error = request.send().await.unwrap_err();
     assert!(error.is_timeout());
     assert_eq!(api.sandbox.balance(CUSTOMER, "CRD"), Some(120), "not yet");
-    tokio::time::sleep(Duration::from_millis(400)).await;
+    gate.open();
+    let answered = || api.sandbox.transactions().first().is_some_and(|t| t.status.is_some());
+    wait_until("the held transaction is answered", answered).await;
     assert_eq!(api.sandbox.balance(CUSTOMER, "CRD"), Some(100));
     assert_eq!(api.sandbox.transactions()[0].status, Some(200));
 }
 
 #[tokio::test]
-async fn apply_then_delay_applies_before_the_caller_times_out() {
+async fn delay_fault_on_a_transaction_applies_after_the_delay() {
     let api = Api::demo().await;
-    api.sandbox.inject(Route::Transaction, Fault::ApplyThenDelay(Duration::from_millis(500)), 1);
+    api.sandbox.inject(Route::Transaction, Fault::Delay(Duration::from_millis(300)), 1);
+    let started = Instant::now();
+    let (status, list) = send(api.transaction(&json!({"adjustments": {"CRD": -20}}), None)).await;
+    assert!(started.elapsed() >= Duration::from_millis(300));
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(list["items"][0]["balance"], 100);
+}
+
+#[tokio::test]
+async fn apply_then_delay_applies_first_and_answers_after_the_delay() {
+    let api = Api::demo().await;
+    api.sandbox.inject(Route::Transaction, Fault::ApplyThenDelay(Duration::from_millis(300)), 1);
+    let started = Instant::now();
+    let (status, list) = send(api.transaction(&json!({"adjustments": {"CRD": -20}}), Some("k-late"))).await;
+    assert!(started.elapsed() >= Duration::from_millis(300));
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(list["items"][0]["balance"], 100);
+    assert_eq!(api.sandbox.applied_transactions().len(), 1);
+}
+
+#[tokio::test]
+async fn apply_then_hold_applies_before_the_caller_times_out() {
+    let api = Api::demo().await;
+    let gate = Gate::new();
+    api.sandbox.inject(Route::Transaction, Fault::ApplyThenHoldUntil(gate.clone()), 1);
     let body = json!({"adjustments": {"CRD": -20}});
     let error = api
         .transaction(&body, Some("k-timeout"))
@@ -786,19 +826,37 @@ async fn apply_then_delay_applies_before_the_caller_times_out() {
         .await
         .unwrap_err();
     assert!(error.is_timeout());
+    wait_until("the transaction is applied and held", || gate.waiting() == 1).await;
     assert_eq!(api.sandbox.balance(CUSTOMER, "CRD"), Some(100), "already applied");
 
     // The retry arrives while the first request still holds the key.
     let (status, _) = send(api.transaction(&body, Some("k-timeout"))).await;
     assert_eq!(status, StatusCode::LOCKED);
 
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    gate.open();
+    let answered = || api.sandbox.transactions().first().is_some_and(|t| t.status.is_some());
+    wait_until("the first request is answered", answered).await;
     let (status, list) = send(api.transaction(&body, Some("k-timeout"))).await;
     assert_eq!(status, StatusCode::OK);
     assert_eq!(list["items"][0]["balance"], 100);
     assert_eq!(api.sandbox.balance(CUSTOMER, "CRD"), Some(100));
     assert_eq!(api.sandbox.applied_transactions().len(), 1);
     assert_eq!(api.sandbox.transactions().len(), 3);
+}
+
+#[tokio::test]
+async fn arrivals_are_timed_per_route() {
+    let api = Api::demo().await;
+    let before = Instant::now();
+    send(api.get("/virtual_currencies")).await;
+    send(api.transaction(&json!({"adjustments": {"CRD": 1}}), None)).await;
+    send(api.transaction(&json!({"adjustments": {"CRD": 1}}), None)).await;
+    let after = Instant::now();
+    let transactions = api.sandbox.arrivals(Route::Transaction);
+    assert_eq!(transactions.len(), 2);
+    assert!(before <= transactions[0] && transactions[0] <= transactions[1] && transactions[1] <= after);
+    assert_eq!(api.sandbox.arrivals(Route::ListCurrencies).len(), 1);
+    assert_eq!(api.sandbox.arrivals(Route::Any).len(), 3);
 }
 
 #[tokio::test]
@@ -848,9 +906,14 @@ async fn close_connection_fault_drops_the_connection() {
 async fn dropping_the_server_stops_it() {
     let api = Api::demo().await;
     let url = api.url("/virtual_currencies");
+    let addr = api.server.addr();
     drop(api.server);
-    // Let the runtime run the aborted accept task's cancellation.
-    tokio::time::sleep(Duration::from_millis(50)).await;
+    // The aborted accept task releases the listener once the runtime runs its cancellation.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while tokio::net::TcpStream::connect(addr).await.is_ok() {
+        assert!(Instant::now() < deadline, "{addr} still accepts connections");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
     let error = reqwest::Client::new()
         .get(url)
         .bearer_auth(KEY)

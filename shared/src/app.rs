@@ -13,11 +13,12 @@ use crate::adapters::sdk;
 use crate::adapters::secrets_manager::{MissingSecret, SecretsManagerSource};
 use crate::budget::Budget;
 use crate::config::{Config, Function};
+use crate::domain::ledger::LedgerEntry;
 use crate::domain::rate_limit::{Admission, MinuteWindow};
 use crate::ports::{
-    AdmissionRef, ClaimOutcome, Currency, DueEnvelopes, IdempotencyStore, Lapsed, NewClaim, Notifier, Outbox,
-    PendingClaim, QueuedEnvelope, RateLimitStore, RcCredentials, RcError, RevenueCat, SecretSource,
-    StoreError,
+    AdmissionRef, ClaimOutcome, Currency, DueEnvelopes, IdempotencyStore, Lapsed, Ledger, LedgerPage,
+    NewClaim, Notifier, Outbox, PendingClaim, QueuedEnvelope, RateLimitStore, RcCredentials, RcError,
+    RevenueCat, SecretSource, StoreError,
 };
 use crate::secrets::SecretCache;
 
@@ -31,6 +32,7 @@ pub struct Adapters {
     pub rate_limits: Arc<dyn RateLimitStore>,
     pub idempotency: Arc<dyn IdempotencyStore>,
     pub outbox: Arc<dyn Outbox>,
+    pub ledger: Arc<dyn Ledger>,
     pub revenuecat: Arc<dyn RevenueCat>,
     pub notifier: Arc<dyn Notifier>,
 }
@@ -41,6 +43,7 @@ pub struct App {
     pub rate_limits: Arc<dyn RateLimitStore>,
     pub idempotency: Arc<dyn IdempotencyStore>,
     pub outbox: Arc<dyn Outbox>,
+    pub ledger: Arc<dyn Ledger>,
     pub revenuecat: Arc<dyn RevenueCat>,
     pub notifier: Arc<dyn Notifier>,
     currencies: Mutex<Option<CachedCurrencies>>,
@@ -59,6 +62,7 @@ impl App {
             rate_limits: adapters.rate_limits,
             idempotency: adapters.idempotency,
             outbox: adapters.outbox,
+            ledger: adapters.ledger,
             revenuecat: adapters.revenuecat,
             notifier: adapters.notifier,
             currencies: Mutex::new(None),
@@ -68,11 +72,7 @@ impl App {
 
     /// Production wiring from the environment (spec §2).
     pub async fn from_env() -> Arc<Self> {
-        let aws = aws_config::defaults(aws_config::BehaviorVersion::latest())
-            .http_client(crate::tls::aws_http_client())
-            .load()
-            .await;
-        Self::from_config(Config::from_env(), &aws)
+        Self::from_config(Config::from_env(), &crate::lambda::sdk_config().await)
     }
 
     /// Production adapters for `config`, with AWS clients built from `aws`.
@@ -95,11 +95,12 @@ impl App {
                 Arc::new(MissingSecret)
             }
         };
-        let (rate_limits, idempotency, outbox) = match &config.table_name {
+        let TablePorts { rate_limits, idempotency, outbox, ledger } = match &config.table_name {
             Some(table) => {
                 let client =
                     aws_sdk_dynamodb::config::Builder::from(aws).retry_config(sdk::retry_policy()).build();
-                table_ports(DynamoStore::new(aws_sdk_dynamodb::Client::from_conf(client), table.clone()))
+                let store = DynamoStore::new(aws_sdk_dynamodb::Client::from_conf(client), table.clone());
+                table_ports(store.with_ledger_retention(config.ledger_retention))
             }
             None => {
                 tracing::error!("TABLE_NAME is not set; rate limits and idempotency keys cannot work");
@@ -112,7 +113,10 @@ impl App {
         };
         let revenuecat =
             Arc::new(RevenueCatHttp::new(http, &config.revenuecat_api_url, config.revenuecat_timeout));
-        Self::new(config, Adapters { secrets, rate_limits, idempotency, outbox, revenuecat, notifier })
+        Self::new(
+            config,
+            Adapters { secrets, rate_limits, idempotency, outbox, ledger, revenuecat, notifier },
+        )
     }
 
     /// Starts, without waiting, what `function`'s first request would
@@ -188,8 +192,12 @@ impl App {
                 remaining: limit.saturating_sub(position),
                 reset_after: window.reset_after,
             },
-            Ok(_) => Admission::Refused { limit, reset_after: window.reset_after },
+            Ok(_) => {
+                crate::metrics::rate_limited();
+                Admission::Refused { limit, reset_after: window.reset_after }
+            }
             Err(error) => {
+                crate::metrics::limiter_fail_open();
                 tracing::error!(%error, function, "rate limiter unavailable; admitting without counting");
                 Admission::Uncounted
             }
@@ -218,13 +226,23 @@ impl App {
     }
 }
 
-/// The three ports one table serves.
-pub type TablePorts = (Arc<dyn RateLimitStore>, Arc<dyn IdempotencyStore>, Arc<dyn Outbox>);
+/// The ports one table serves.
+pub struct TablePorts {
+    pub rate_limits: Arc<dyn RateLimitStore>,
+    pub idempotency: Arc<dyn IdempotencyStore>,
+    pub outbox: Arc<dyn Outbox>,
+    pub ledger: Arc<dyn Ledger>,
+}
 
-/// One store (DynamoDB, in memory …) behind all three table ports.
-pub fn table_ports<S: RateLimitStore + IdempotencyStore + Outbox + 'static>(store: S) -> TablePorts {
+/// One store (DynamoDB, in memory …) behind all the table ports.
+pub fn table_ports<S: RateLimitStore + IdempotencyStore + Outbox + Ledger + 'static>(store: S) -> TablePorts {
     let store = Arc::new(store);
-    (store.clone(), store.clone(), store)
+    TablePorts {
+        rate_limits: store.clone(),
+        idempotency: store.clone(),
+        outbox: store.clone(),
+        ledger: store,
+    }
 }
 
 /// One HTTP client for RevenueCat and the gateway. The connect timeout is
@@ -263,7 +281,7 @@ impl IdempotencyStore for NoTable {
     async fn claim(&self, _: &NewClaim, _: u64, _: &Budget) -> Result<ClaimOutcome, StoreError> {
         no_table()
     }
-    async fn complete(&self, _: &str, _: &str, _: &Budget) -> Result<(), StoreError> {
+    async fn complete(&self, _: &str, _: &str, _: &LedgerEntry, _: &Budget) -> Result<(), StoreError> {
         no_table()
     }
     async fn release(&self, _: &str, _: &Budget) -> Result<(), StoreError> {
@@ -273,6 +291,23 @@ impl IdempotencyStore for NoTable {
         no_table()
     }
     async fn renew(&self, _: &PendingClaim, _: u64, _: &Budget) -> Result<bool, StoreError> {
+        no_table()
+    }
+}
+
+#[async_trait::async_trait]
+impl Ledger for NoTable {
+    async fn record(&self, _: &LedgerEntry, _: &Budget) -> Result<(), StoreError> {
+        no_table()
+    }
+    async fn page(&self, _: &str, _: Option<&str>, _: u32, _: &Budget) -> Result<LedgerPage, StoreError> {
+        no_table()
+    }
+    async fn undelivered(
+        &self,
+        _: &[String],
+        _: &Budget,
+    ) -> Result<std::collections::HashSet<String>, StoreError> {
         no_table()
     }
 }

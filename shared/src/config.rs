@@ -44,6 +44,8 @@ pub struct Config {
     pub rate_limit_override: Option<u32>,
     pub revenuecat_timeout: Duration,
     pub gateway_timeout: Duration,
+    /// `LEDGER_RETENTION_DAYS`: ledger entries expire after this; kept for good when unset.
+    pub ledger_retention: Option<Duration>,
 }
 
 impl Config {
@@ -74,6 +76,10 @@ impl Config {
             gateway_timeout: millis("GATEWAY_TIMEOUT_MS")
                 .unwrap_or(Duration::from_secs(2))
                 .min(Duration::from_secs(2)),
+            ledger_retention: non_empty("LEDGER_RETENTION_DAYS")
+                .and_then(|v| v.parse::<u64>().ok())
+                .filter(|days| *days > 0)
+                .map(|days| Duration::from_secs(days * 24 * 3600)),
         }
     }
 

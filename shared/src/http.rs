@@ -184,6 +184,7 @@ impl Router {
         let method = request.method().clone();
         let path = request.uri().path().to_owned();
         let response = self.dispatch(request).await;
+        crate::metrics::flush();
         tracing::info!(
             http.method = %method,
             http.path = %path,
@@ -275,6 +276,7 @@ async fn run_pipeline<E: Endpoint>(app: Arc<App>, request: ApiRequest) -> Respon
             detail = %error.detail(),
             "refused"
         );
+        crate::metrics::refused(error.code());
         error.into_response()
     });
     if let Some(admission) = admission {

@@ -48,6 +48,7 @@ pub async fn handle_event(router: &Router, event: LambdaEvent<Value>) -> Result<
     if is_scheduled_event(&payload) {
         let budget = crate::budget::Budget::from_deadline_ms(context.deadline);
         let summary = reconcile::run_pass(router.app(), budget).await;
+        crate::metrics::flush();
         return Ok(serde_json::to_value(summary)?);
     }
     let request: LambdaRequest = serde_json::from_value(payload)

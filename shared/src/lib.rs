@@ -15,6 +15,7 @@ pub mod domain;
 pub mod handlers;
 pub mod http;
 pub mod lambda;
+pub mod metrics;
 pub mod ports;
 pub mod reconcile;
 pub mod secrets;

@@ -5,6 +5,7 @@ use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
 
 use crate::budget::Budget;
+use crate::domain::ledger::LedgerEntry;
 use crate::domain::UsageChanged;
 
 /// Why an adapter call failed, in words safe to log (never a secret).
@@ -220,6 +221,10 @@ pub struct NewClaim {
     pub expires_at: u64,
     /// Where this request is counted by the rate limiter.
     pub admission: AdmissionRef,
+    /// When the adjustment was asked for (epoch ms): its ledger time.
+    pub created_ms: u64,
+    /// Who asked for it (spec §4 `actor`), for the ledger.
+    pub actor: Option<String>,
 }
 
 impl NewClaim {
@@ -233,6 +238,8 @@ impl NewClaim {
             lease_until_ms: self.lease_until_ms,
             attempts: 1,
             admission: Some(self.admission.clone()),
+            created_ms: self.created_ms,
+            actor: self.actor.clone(),
         }
     }
 }
@@ -248,6 +255,34 @@ pub struct PendingClaim {
     pub attempts: u32,
     /// Absent on records written before admissions were recorded.
     pub admission: Option<AdmissionRef>,
+    pub created_ms: u64,
+    pub actor: Option<String>,
+}
+
+impl PendingClaim {
+    /// The ledger entry of this adjustment in `status`, settled by `origin`.
+    pub fn ledger_entry(
+        &self,
+        status: crate::domain::ledger::EntryStatus,
+        origin: crate::domain::ledger::Origin,
+        balance_after: Option<i64>,
+        rc_error: Option<String>,
+    ) -> LedgerEntry {
+        LedgerEntry {
+            user_id: self.transaction.customer_id.clone(),
+            entry_id: self.envelope_id.clone(),
+            occurred_at_ms: self.created_ms,
+            currency: self.transaction.currency.clone(),
+            amount: self.transaction.amount,
+            balance_after,
+            reason: self.transaction.reference.clone(),
+            actor: self.actor.clone(),
+            idempotency_key: self.client_key.clone(),
+            status,
+            origin,
+            rc_error,
+        }
+    }
 }
 
 /// A batch of lapsed claims, and the keys of records that could not be read
@@ -278,8 +313,15 @@ pub trait IdempotencyStore: Send + Sync {
     /// was retried) is `Claimed`, not a conflict.
     async fn claim(&self, claim: &NewClaim, now_ms: u64, budget: &Budget)
         -> Result<ClaimOutcome, StoreError>;
-    /// Records the final 200 body for replays.
-    async fn complete(&self, record_key: &str, response: &str, budget: &Budget) -> Result<(), StoreError>;
+    /// Records the final 200 body for replays and the applied ledger entry,
+    /// in one write (adjust's round trips stay three).
+    async fn complete(
+        &self,
+        record_key: &str,
+        response: &str,
+        entry: &LedgerEntry,
+        budget: &Budget,
+    ) -> Result<(), StoreError>;
     /// Forgets a claim RevenueCat definitely rejected, so a retry may run.
     async fn release(&self, record_key: &str, budget: &Budget) -> Result<(), StoreError>;
     /// Claims whose lease lapsed without a result, oldest first.
@@ -291,6 +333,38 @@ pub trait IdempotencyStore: Send + Sync {
         lease_until_ms: u64,
         budget: &Budget,
     ) -> Result<bool, StoreError>;
+}
+
+/// One page of a user's ledger, newest first.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct LedgerPage {
+    pub entries: Vec<LedgerEntry>,
+    /// Set when more entries follow: the position of the last one here.
+    pub last_position: Option<String>,
+}
+
+/// The durable history of adjustments (spec §11). Writes are keyed by the
+/// adjustment, so whoever settles it writes the same entry, exactly once.
+#[async_trait]
+pub trait Ledger: Send + Sync {
+    /// Writes `entry`. `Applied` always wins; `Pending` never replaces a
+    /// settled entry; `Rejected` only replaces a `Pending` one (an outright
+    /// refusal changed nothing and is not listed).
+    async fn record(&self, entry: &LedgerEntry, budget: &Budget) -> Result<(), StoreError>;
+    /// Up to `limit` entries of `user_id` older than `after`, newest first.
+    async fn page(
+        &self,
+        user_id: &str,
+        after: Option<&str>,
+        limit: u32,
+        budget: &Budget,
+    ) -> Result<LedgerPage, StoreError>;
+    /// Which of these envelopes the app was not told of: still queued or dead-lettered.
+    async fn undelivered(
+        &self,
+        envelope_ids: &[String],
+        budget: &Budget,
+    ) -> Result<std::collections::HashSet<String>, StoreError>;
 }
 
 /// An envelope waiting in the outbox.

@@ -19,7 +19,9 @@ use serde::Serialize;
 use crate::app::App;
 use crate::budget::{Budget, MIN_GATEWAY_CALL, MIN_STORE_CALL};
 use crate::clock;
+use crate::domain::ledger::{EntryStatus, Origin};
 use crate::handlers::adjust::{settle, LEASE_MARGIN_MS};
+use crate::metrics;
 use crate::ports::{PendingClaim, QueuedEnvelope, RcError};
 use crate::secrets::AdminSecret;
 
@@ -76,6 +78,7 @@ pub fn redelivery_backoff(attempts: u32) -> Duration {
 }
 
 pub async fn run_pass(app: &App, budget: Budget) -> ReconcileSummary {
+    let started = std::time::Instant::now();
     let secret = match app.secrets.current(&budget).await {
         Ok(secret) => secret,
         Err(error) => {
@@ -83,9 +86,11 @@ pub async fn run_pass(app: &App, budget: Budget) -> ReconcileSummary {
             return ReconcileSummary::default();
         }
     };
-    let (claims, envelopes) =
+    let (claims, (envelopes, oldest_envelope)) =
         tokio::join!(settle_lapsed(app, &secret, &budget), redeliver(app, &secret, &budget));
     let summary = claims.merge(envelopes);
+    let failed = summary.failed + summary.dead_lettered;
+    metrics::reconciliation(summary.settled, failed, summary.unreadable, started.elapsed(), oldest_envelope);
     tracing::info!(?summary, "reconciliation pass finished");
     summary
 }
@@ -140,7 +145,12 @@ async fn settle_lapsed(app: &App, secret: &AdminSecret, budget: &Budget) -> Reco
                 continue;
             }
         }
-        match settle(app, secret, &claim, true, budget).await {
+        // Listed as pending from now on (a crash left it unlisted), until settled below.
+        let pending = claim.ledger_entry(EntryStatus::Pending, Origin::Reconciliation, None, None);
+        if let Err(error) = budget.try_run(app.ledger.record(&pending, budget)).await {
+            tracing::error!(%error, record = %claim.record_key, "could not list a lapsed adjustment as pending");
+        }
+        match settle(app, secret, &claim, true, Origin::Reconciliation, budget).await {
             Ok(result) => {
                 summary.settled += 1;
                 tracing::info!(record = %claim.record_key, balance = result.balance, "settled a lapsed adjustment");
@@ -197,16 +207,25 @@ async fn was_refused_admission(
     Ok(position.is_some_and(|p| !admission.admits(p)))
 }
 
-async fn redeliver(app: &App, secret: &AdminSecret, budget: &Budget) -> ReconcileSummary {
+/// Re-delivers due envelopes; also says how long the oldest of them has waited.
+async fn redeliver(app: &App, secret: &AdminSecret, budget: &Budget) -> (ReconcileSummary, Duration) {
     let mut summary = ReconcileSummary { complete: true, ..Default::default() };
     let due = match budget.try_run(app.outbox.due(clock::now_ms(), BATCH, budget)).await {
         Ok(due) => due,
         Err(error) => {
             tracing::error!(%error, "reconciliation cannot read the outbox");
             summary.complete = false;
-            return summary;
+            return (summary, Duration::ZERO);
         }
     };
+    let now = std::time::SystemTime::now();
+    let oldest = due
+        .envelopes
+        .iter()
+        .filter_map(|q| humantime::parse_rfc3339(&q.envelope.occurred_at).ok())
+        .filter_map(|at| now.duration_since(at).ok())
+        .max()
+        .unwrap_or_default();
     for problem in due.unreadable {
         summary.unreadable += 1;
         tracing::error!(%problem, "reconciliation skipped a queued envelope it cannot read");
@@ -221,6 +240,7 @@ async fn redeliver(app: &App, secret: &AdminSecret, budget: &Budget) -> Reconcil
         match post_budget.try_run(app.notifier.notify(secret.admin_token(), envelope, &post_budget)).await {
             Ok(()) => {
                 summary.redelivered += 1;
+                metrics::envelope_redelivered();
                 if let Err(error) = budget.try_run(app.outbox.remove(&envelope.envelope_id, budget)).await {
                     // Harmless: it is sent again next pass and the gateway drops the duplicate.
                     tracing::warn!(%error, envelope_id = %envelope.envelope_id, "delivered but not dequeued");
@@ -232,6 +252,7 @@ async fn redeliver(app: &App, secret: &AdminSecret, budget: &Budget) -> Reconcil
                 let retried = QueuedEnvelope { attempts, next_attempt_ms, ..queued.clone() };
                 if attempts >= MAX_DELIVERY_ATTEMPTS {
                     summary.dead_lettered += 1;
+                    metrics::envelope_dead_lettered();
                     let moved = budget.try_run(app.outbox.dead_letter(&retried, budget)).await;
                     tracing::error!(
                         %error,
@@ -249,7 +270,7 @@ async fn redeliver(app: &App, secret: &AdminSecret, budget: &Budget) -> Reconcil
             }
         }
     }
-    summary
+    (summary, oldest)
 }
 
 #[cfg(test)]

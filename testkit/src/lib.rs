@@ -42,6 +42,7 @@
 pub mod aws;
 pub mod faults;
 pub mod function;
+pub mod logs;
 pub mod moto;
 pub mod runtime_api;
 pub mod stack;

@@ -9,13 +9,15 @@ use std::io::Write;
 use std::sync::{Arc, Mutex, OnceLock};
 
 use credits::config::Config;
-use credits::handlers::{AdjustCredits, GetBalances, ListCurrencies};
+use credits::handlers::{AdjustCredits, GetBalances, GetLedger, ListCurrencies};
 use credits::{App, Router};
 use credits_sandbox::{GatewayStandIn, RevenueCatSandbox, SandboxServer};
 use serde_json::{json, Value};
+use tracing::Instrument;
 
 use crate::aws::{aws_env, create_table, put_secret, sdk_config, unique_name};
 use crate::function::FunctionPool;
+use crate::logs::{capture_in_process_logs, code_under_test};
 use crate::moto::MotoServer;
 use crate::runtime_api::{EmulatorOptions, Invocation, RuntimeApiEmulator};
 
@@ -43,6 +45,7 @@ impl Stack {
 
     /// The same, on a specific moto (e.g. a private one a test will stop).
     pub async fn start_on(moto_endpoint: String) -> Stack {
+        capture_in_process_logs();
         let table = unique_name("credits");
         let secret_id = unique_name("credits-admin");
         let admin_token = format!("adm_{}", uuid::Uuid::new_v4().simple());
@@ -70,7 +73,7 @@ impl Stack {
     /// Lists this stack's secrets for the suite-wide log scan.
     fn remember_secrets(&self) {
         for secret in [self.admin_token.clone(), self.revenuecat.api_key(), self.secret_json()] {
-            crate::append_suite_file("secrets", &secret);
+            remember_secret(&secret);
         }
     }
 
@@ -92,8 +95,18 @@ impl Stack {
         put_secret(&self.moto_endpoint, &self.secret_id, &self.secret_json()).await;
     }
 
-    /// Replaces the secret's value verbatim (not JSON, missing keys …).
+    /// Replaces the secret's value verbatim (not JSON, missing keys …). The
+    /// value, and any token or key in it, joins the secrets the log scan looks
+    /// for: a broken secret is exactly what an error path might log.
     pub async fn put_raw_secret(&self, raw: &str) {
+        remember_secret(raw);
+        if let Ok(Value::Object(fields)) = serde_json::from_str::<Value>(raw) {
+            for key in ["admin_secret", "revenuecat_api_key"] {
+                if let Some(value) = fields.get(key).and_then(Value::as_str) {
+                    remember_secret(value);
+                }
+            }
+        }
         put_secret(&self.moto_endpoint, &self.secret_id, raw).await;
     }
 
@@ -161,7 +174,11 @@ impl Stack {
 
     /// All three routes on one in-process instance.
     pub fn router(&self) -> Router {
-        Router::new(self.app()).route::<ListCurrencies>().route::<GetBalances>().route::<AdjustCredits>()
+        Router::new(self.app())
+            .route::<ListCurrencies>()
+            .route::<GetBalances>()
+            .route::<GetLedger>()
+            .route::<AdjustCredits>()
     }
 
     /// `n` processes of one function binary polling a fresh emulator.
@@ -207,6 +224,37 @@ impl Stack {
     }
 }
 
+/// Shortest secret a test may use: the log scan looks for each one verbatim,
+/// so a short or common value (`"p"`, `"sk_x"`) would match innocent lines.
+pub const MIN_SECRET_LEN: usize = 8;
+
+/// Adds `secret` to this test binary's list for `scripts/scan-logs-for-secrets.sh`.
+#[track_caller]
+pub fn remember_secret(secret: &str) {
+    assert!(
+        secret.chars().count() >= MIN_SECRET_LEN && !secret.contains('\n'),
+        "test secrets must be distinctive single lines of at least {MIN_SECRET_LEN} characters: {secret:?}"
+    );
+    crate::append_suite_file("secrets", secret);
+}
+
+/// The documented routes (`METHOD /path`) a unit serves: one per function
+/// binary (as `template.yaml` wires them), all of them for the in-process
+/// router; `None` for a binary not listed here (the validator then never
+/// excuses a `404 not_found` it answers on a documented path).
+fn routes_of(binary: Option<&str>) -> Option<Vec<&'static str>> {
+    const CURRENCIES: &str = "GET /admin/credits/currencies";
+    const BALANCES: &str = "GET /admin/credits/balances/{user_id}";
+    const ADJUST: &str = "POST /admin/credits/adjust";
+    Some(match binary {
+        None => vec![CURRENCIES, BALANCES, ADJUST],
+        Some("list-currencies") => vec![CURRENCIES],
+        Some("get-balances") => vec![BALANCES],
+        Some("adjust-credits") => vec![ADJUST],
+        Some(_) => return None,
+    })
+}
+
 /// Processes of one function under their own Runtime API emulator.
 pub struct Lambda {
     pub emulator: RuntimeApiEmulator,
@@ -220,7 +268,8 @@ impl Lambda {
             Invocation::Response(response) => Reply::from_proxy_response(&response),
             other => panic!("{} {}: no HTTP response: {other:?}", call.method, call.path),
         };
-        record(call, &reply);
+        let binary = self.pool.instances().first().map(|p| p.name().to_owned());
+        record(call, &reply, binary.as_deref());
         reply
     }
 
@@ -321,7 +370,7 @@ impl Call {
             context.request_id = uuid::Uuid::new_v4().to_string();
             request = lambda_http::RequestExt::with_lambda_context(request, context);
         }
-        let response = router.handle(request).await;
+        let response = router.handle(request).instrument(code_under_test()).await;
         let (parts, body) = response.into_parts();
         let headers = parts
             .headers
@@ -334,7 +383,7 @@ impl Call {
             _ => String::new(),
         };
         let reply = Reply { status: parts.status.as_u16(), headers, body };
-        record(self, &reply);
+        record(self, &reply, None);
         reply
     }
 
@@ -405,6 +454,13 @@ impl Reply {
         self.headers.get(&name.to_ascii_lowercase()).map(String::as_str)
     }
 
+    /// Asserts status, content type and the whole detail, hint included.
+    #[track_caller]
+    pub fn assert_detail(&self, status: u16, detail: &str) {
+        assert_eq!((self.status, self.detail().as_str()), (status, detail), "body: {}", self.body);
+        assert_eq!(self.header("content-type"), Some("application/json"));
+    }
+
     /// Asserts status and the detail's code (the part before any `": "`).
     #[track_caller]
     pub fn assert_error(&self, status: u16, code: &str) {
@@ -420,7 +476,10 @@ impl Reply {
 
 /// Appends the exchange to `target/exchanges/<test binary>.jsonl`, which
 /// `scripts/validate_responses.py` checks against `docs/openapi.yaml`.
-fn record(call: &Call, reply: &Reply) {
+/// `binary` is the function that answered (`None`: the in-process router);
+/// the routes it serves are recorded so the validator can tell a function
+/// rightly refusing another's path from one failing to route its own.
+fn record(call: &Call, reply: &Reply, binary: Option<&str>) {
     static FILE: OnceLock<Option<Mutex<std::fs::File>>> = OnceLock::new();
     let file = FILE.get_or_init(|| {
         let dir = crate::repo_root().join("target").join("exchanges");
@@ -446,6 +505,8 @@ fn record(call: &Call, reply: &Reply) {
         "status": reply.status,
         "headers": reply.headers,
         "body": reply.body,
+        "served_by": binary.unwrap_or("router"),
+        "routes": routes_of(binary),
     });
     let mut file = file.lock().unwrap_or_else(|p| p.into_inner());
     let _ = writeln!(file, "{line}");

@@ -2,7 +2,7 @@
 //! real adapter: moto for DynamoDB and Secrets Manager, the RevenueCat
 //! sandbox and the gateway stand-in. Each test has its own table and secret.
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use credits_sandbox::{Currency, Fault, ProductGrant, Route};
 use credits_testkit::stack::{within_one_rate_window, Call, Stack, DEMO_USER};
@@ -246,13 +246,20 @@ async fn adjust_validation_table() {
         reply.assert_error(*status, code);
         assert!(reply.header("ratelimit-limit").is_none(), "invalid requests are not counted: {body}");
     }
-    // The boundaries themselves are valid.
-    for extra in
-        [json!({"amount": 1_000_000_000}), json!({"reason": "abc"}), json!({"reason": "é".repeat(500)})]
-    {
+    // The boundaries themselves are valid: each is applied, in this order.
+    for (extra, balance) in [
+        (json!({"amount": 1_000_000_000}), 1_000_000_120i64),
+        (json!({"reason": "abc"}), 1_000_000_125),
+        (json!({"reason": "é".repeat(500)}), 1_000_000_130),
+        (json!({"amount": -1_000_000_000}), 130),
+        (json!({"idempotency_key": "k".repeat(200)}), 135),
+    ] {
         let reply = stack.post(ADJUST, json!(null)).body(&ok(extra.clone())).send(&router).await;
-        assert!(reply.status == 200 || reply.status == 409, "{extra} -> {}", reply.body);
+        assert_eq!(reply.status, 200, "{extra} -> {}", reply.body);
+        assert_eq!(reply.json()["balance"], balance, "{extra}");
     }
+    assert_eq!(stack.revenuecat.balance(DEMO_USER, "CRD"), Some(135));
+    assert_eq!(stack.revenuecat.applied_transactions().len(), 5);
     let mismatched = stack
         .post(ADJUST, json!(null))
         .body(&ok(json!({"idempotency_key": "a"})))
@@ -288,7 +295,7 @@ async fn auth_order_is_503_then_401_then_403_then_validation() {
     invalid_body(stack.adjust(1, None)).send(&router).await.assert_error(400, "invalid_json");
 
     // Unconfigured: 503 comes before everything else.
-    stack.put_raw_secret("not json").await;
+    stack.put_raw_secret("adm_raw_secret_that_is_not_json").await;
     let router = stack.router();
     stack
         .get(CURRENCIES)
@@ -321,18 +328,18 @@ async fn missing_configuration_is_named_in_the_detail() {
         .put_raw_secret(&json!({"admin_secret": stack.admin_token, "revenuecat_project_id": "p"}).to_string())
         .await;
     let reply = stack.get(CURRENCIES).send(&stack.router()).await;
-    reply.assert_error(503, "admin_unconfigured");
-    assert_eq!(reply.detail(), "admin_unconfigured: revenuecat_api_key is not set");
+    reply.assert_detail(503, "admin_unconfigured: revenuecat_api_key is not set");
 
+    let key = format!("sk_incomplete_{}", uuid::Uuid::new_v4().simple());
     stack
-        .put_raw_secret(&json!({"admin_secret": stack.admin_token, "revenuecat_api_key": "sk_x"}).to_string())
+        .put_raw_secret(&json!({"admin_secret": stack.admin_token, "revenuecat_api_key": key}).to_string())
         .await;
     let reply = stack.get(CURRENCIES).send(&stack.router()).await;
-    assert_eq!(reply.detail(), "admin_unconfigured: revenuecat_project_id is not set");
+    reply.assert_detail(503, "admin_unconfigured: revenuecat_project_id is not set");
 
     let mut stack = stack;
     stack.set_env("ADMIN_SECRET_ID", "credits-admin-does-not-exist");
-    stack.get(CURRENCIES).send(&stack.router()).await.assert_error(503, "admin_unconfigured");
+    stack.get(CURRENCIES).send(&stack.router()).await.assert_detail(503, "admin_unconfigured");
 }
 
 #[tokio::test]
@@ -357,18 +364,47 @@ async fn a_rotated_token_works_at_once_and_the_old_one_stops() {
     old_call.send(&router).await.assert_error(403, "invalid_admin_secret");
 }
 
+/// The old token is accepted while the cached secret is younger than the TTL
+/// and refused once it is older. What is asserted depends on when each call
+/// ran, measured against when the cache was filled, so a slow machine cannot
+/// turn either half into a false failure: a call that ended inside the TTL
+/// must succeed, one that began after it must fail, and both must have happened.
 #[tokio::test]
 async fn an_old_token_keeps_working_only_until_the_ttl() {
+    const TTL: Duration = Duration::from_secs(3);
     let mut stack = Stack::start().await;
-    stack.set_env("SECRET_TTL_SECONDS", 2);
-    let old = format!("Bearer {}", stack.admin_token);
-    let router = stack.router();
-    assert_eq!(stack.get(CURRENCIES).send(&router).await.status, 200);
-    stack.rotate_admin_token("adm_rotated_token").await;
-    let old_call = stack.get(CURRENCIES).header("authorization", &old);
-    assert_eq!(old_call.send(&router).await.status, 200, "cached until the TTL");
-    tokio::time::sleep(Duration::from_millis(2_100)).await;
-    old_call.send(&router).await.assert_error(403, "invalid_admin_secret");
+    stack.set_env("SECRET_TTL_SECONDS", TTL.as_secs());
+    let mut accepted_inside_ttl = 0;
+    // A rotation slower than the TTL leaves nothing to observe inside it; then
+    // the scenario runs again on a fresh instance.
+    for attempt in 0..3 {
+        let old = format!("Bearer {}", stack.admin_token);
+        let router = stack.router();
+        let filled_not_before = Instant::now();
+        assert_eq!(stack.get(CURRENCIES).send(&router).await.status, 200);
+        let filled_by = Instant::now();
+        stack.rotate_admin_token(&format!("adm_rotated_{attempt}_{}", uuid::Uuid::new_v4().simple())).await;
+        let old_call = stack.get(CURRENCIES).header("authorization", &old);
+        let give_up = filled_by + TTL + Duration::from_secs(10);
+        loop {
+            let started = Instant::now();
+            let reply = old_call.send(&router).await;
+            let ended = Instant::now();
+            if ended < filled_not_before + TTL {
+                assert_eq!(reply.status, 200, "refused inside the TTL: {}", reply.body);
+                accepted_inside_ttl += 1;
+            } else if started > filled_by + TTL {
+                reply.assert_error(403, "invalid_admin_secret");
+                break;
+            }
+            assert!(Instant::now() < give_up, "the old token was never refused after the TTL");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        if accepted_inside_ttl > 0 {
+            break;
+        }
+    }
+    assert!(accepted_inside_ttl > 0, "three rotations each took longer than the {TTL:?} TTL");
 }
 
 #[tokio::test]
@@ -385,6 +421,70 @@ async fn unknown_routes_are_404_and_wrong_methods_405() {
     assert_eq!(reply.header("allow"), Some("POST"));
     // API Gateway stage prefixes are tolerated.
     assert_eq!(stack.get(&format!("/prod{CURRENCIES}")).send(&router).await.status, 200);
+}
+
+/// Every route gives each refusal every route documents: 401, 403, 413 (the
+/// body-size check runs on the GET routes too), 405 naming its method, 502
+/// when RevenueCat fails, 429 once its budget is spent, 503 while the secret
+/// is unusable.
+#[tokio::test]
+async fn every_route_answers_the_refusals_it_documents() {
+    let mut stack = Stack::start().await;
+    stack.set_env("RATE_LIMIT_PER_MINUTE", 1);
+    let router = stack.router();
+    let routes = [
+        ("GET", CURRENCIES.to_owned(), Route::ListCurrencies),
+        ("GET", balances(DEMO_USER), Route::Balances),
+        ("POST", ADJUST.to_owned(), Route::Transaction),
+    ];
+    fn valid(stack: &Stack, method: &str, path: &str) -> Call {
+        match method {
+            "GET" => stack.get(path),
+            _ => stack.adjust(1, None),
+        }
+    }
+    let huge = "x".repeat(16 * 1024 + 1);
+    for (method, path, _) in &routes {
+        let what = format!("{method} {path}");
+        let reply = valid(&stack, method, path).without_header("authorization").send(&router).await;
+        reply.assert_detail(401, "missing_bearer");
+        let reply =
+            valid(&stack, method, path).header("authorization", "Bearer adm_wrong_guess").send(&router).await;
+        reply.assert_detail(403, "invalid_admin_secret");
+        valid(&stack, method, path).body(&huge).send(&router).await.assert_error(413, "payload_too_large");
+        let other = if *method == "GET" { "PUT" } else { "DELETE" };
+        let reply = Call::new(other, path).header("authorization", &stack.bearer()).send(&router).await;
+        reply.assert_detail(405, "method_not_allowed");
+        assert_eq!(reply.header("allow"), Some(*method), "{what}");
+    }
+    within_one_rate_window(Duration::from_secs(10)).await;
+    for (method, path, upstream) in &routes {
+        let server_error = Fault::Status {
+            status: 500,
+            error_type: "server_error".into(),
+            retryable: true,
+            backoff_ms: None,
+        };
+        stack.revenuecat.inject(*upstream, server_error, 1);
+        valid(&stack, method, path).send(&router).await.assert_detail(502, "rc_call_failed: server_error");
+        let reply = valid(&stack, method, path).send(&router).await;
+        reply.assert_detail(429, "rate_limited");
+        assert!(reply.header("retry-after").is_some(), "{method} {path}");
+    }
+    stack.put_raw_secret(&json!({"admin_secret": stack.admin_token}).to_string()).await;
+    let router = stack.router();
+    for (method, path, _) in &routes {
+        valid(&stack, method, path)
+            .send(&router)
+            .await
+            .assert_detail(503, "admin_unconfigured: revenuecat_api_key is not set");
+    }
+    // Port 9 (discard) is closed on loopback: Secrets Manager cannot be reached.
+    stack.set_env("AWS_ENDPOINT_URL", "http://127.0.0.1:9");
+    let router = stack.router();
+    for (method, path, _) in &routes {
+        valid(&stack, method, path).send(&router).await.assert_detail(503, "secret_store_unavailable");
+    }
 }
 
 /// 40 concurrent adjustments over 4 instances (each its own caches and
@@ -475,40 +575,79 @@ async fn revenuecat_failures_map_to_502_with_their_type() {
         backoff_ms: Some(1000),
     };
     stack.revenuecat.inject(Route::Balances, server_error, 1);
-    stack.get(&balances(DEMO_USER)).send(&router).await.assert_error(502, "rc_call_failed");
+    stack.get(&balances(DEMO_USER)).send(&router).await.assert_detail(502, "rc_call_failed: server_error");
     stack.revenuecat.inject(Route::Balances, Fault::Hang, 1);
-    let reply = stack.get(&balances(DEMO_USER)).send(&router).await;
-    assert_eq!(reply.detail(), "rc_call_failed: timeout");
+    stack.get(&balances(DEMO_USER)).send(&router).await.assert_detail(502, "rc_call_failed: timeout");
     stack.revenuecat.inject(Route::Balances, Fault::InvalidJson, 1);
-    assert_eq!(
-        stack.get(&balances(DEMO_USER)).send(&router).await.detail(),
-        "rc_call_failed: invalid_response"
-    );
+    let reply = stack.get(&balances(DEMO_USER)).send(&router).await;
+    reply.assert_detail(502, "rc_call_failed: invalid_response");
     stack.revenuecat.inject(Route::Balances, Fault::CloseConnection, 1);
     let reply = stack.get(&balances(DEMO_USER)).send(&router).await;
-    reply.assert_error(502, "rc_call_failed");
+    reply.assert_detail(502, "rc_call_failed: transport");
 
-    // 429: one retry after RevenueCat's backoff, then give up.
-    let limited = Fault::Status {
+    // A wrong RevenueCat key is RevenueCat's 401, reported as such.
+    let wrong_key = format!("sk_wrong_{}", uuid::Uuid::new_v4().simple());
+    stack.put_raw_secret(
+        &json!({"admin_secret": stack.admin_token, "revenuecat_api_key": wrong_key, "revenuecat_project_id": stack.revenuecat.project_id()}).to_string(),
+    ).await;
+    let reply = stack.get(&balances(DEMO_USER)).send(&stack.router()).await;
+    reply.assert_detail(502, "rc_call_failed: authentication_error");
+}
+
+fn rate_limited(backoff_ms: u64) -> Fault {
+    Fault::Status {
         status: 429,
         error_type: "rate_limit_error".into(),
         retryable: true,
-        backoff_ms: Some(1000),
-    };
-    stack.revenuecat.inject(Route::Balances, limited.clone(), 1);
-    let before = stack.revenuecat.request_count(Route::Balances);
-    assert_eq!(stack.get(&balances(DEMO_USER)).send(&router).await.status, 200, "one backoff, then success");
-    assert_eq!(stack.revenuecat.request_count(Route::Balances) - before, 2);
-    stack.revenuecat.inject(Route::Balances, limited, 2);
-    assert_eq!(
-        stack.get(&balances(DEMO_USER)).send(&router).await.detail(),
-        "rc_call_failed: rate_limit_error"
+        backoff_ms: Some(backoff_ms),
+    }
+}
+
+/// The gap between RevenueCat's last two arrivals on `route`.
+fn last_gap(stack: &Stack, route: Route) -> Duration {
+    let arrivals = stack.revenuecat.arrivals(route);
+    let [.., first, second] = arrivals.as_slice() else { panic!("fewer than two requests: {arrivals:?}") };
+    second.duration_since(*first)
+}
+
+/// RevenueCat's 429 carries `Retry-After: 1` (its `backoff_ms` of 1000): the
+/// request is sent again once, after that second and not much later.
+#[tokio::test]
+async fn a_revenuecat_429_is_retried_once_after_its_retry_after() {
+    let stack = Stack::start().await;
+    let router = stack.router();
+    stack.revenuecat.inject(Route::Balances, rate_limited(1000), 1);
+    let reply = stack.get(&balances(DEMO_USER)).send(&router).await;
+    assert_eq!(reply.status, 200, "one backoff, then success: {}", reply.body);
+    assert_eq!(stack.revenuecat.request_count(Route::Balances), 2);
+    let waited = last_gap(&stack, Route::Balances);
+    assert!(
+        (Duration::from_secs(1)..Duration::from_millis(2_500)).contains(&waited),
+        "the retry came {waited:?} after the 429 (Retry-After: 1)"
     );
 
-    // A wrong RevenueCat key is RevenueCat's 401, reported as such.
-    stack.put_raw_secret(
-        &json!({"admin_secret": stack.admin_token, "revenuecat_api_key": "sk_wrong", "revenuecat_project_id": stack.revenuecat.project_id()}).to_string(),
-    ).await;
-    let reply = stack.get(&balances(DEMO_USER)).send(&stack.router()).await;
-    assert_eq!(reply.detail(), "rc_call_failed: authentication_error");
+    stack.revenuecat.inject(Route::Balances, rate_limited(1000), 2);
+    let reply = stack.get(&balances(DEMO_USER)).send(&router).await;
+    reply.assert_detail(502, "rc_call_failed: rate_limit_error");
+    assert_eq!(stack.revenuecat.request_count(Route::Balances), 4, "exactly one retry");
+    let waited = last_gap(&stack, Route::Balances);
+    assert!(
+        (Duration::from_secs(1)..Duration::from_millis(2_500)).contains(&waited),
+        "retry after {waited:?}"
+    );
+}
+
+/// A backoff longer than the adapter waits for (3 s) is not waited out: the
+/// answer is 502 at once, without a retry.
+#[tokio::test]
+async fn a_revenuecat_429_asking_for_more_than_the_maximum_backoff_is_502_at_once() {
+    let stack = Stack::start().await;
+    let router = stack.router();
+    stack.revenuecat.inject(Route::Balances, rate_limited(5_000), 1);
+    let started = Instant::now();
+    let reply = stack.get(&balances(DEMO_USER)).send(&router).await;
+    let took = started.elapsed();
+    reply.assert_detail(502, "rc_call_failed: rate_limit_error");
+    assert_eq!(stack.revenuecat.request_count(Route::Balances), 1, "no retry");
+    assert!(took < Duration::from_secs(3), "answered after {took:?}: it waited");
 }

@@ -33,6 +33,13 @@ async fn revenuecat_429_once_is_waited_out_then_applied() {
     let sent = stack.revenuecat.transactions();
     assert_eq!(sent.len(), 2, "one backoff, one retry");
     assert_eq!(sent[0].idempotency_key, sent[1].idempotency_key, "the retry re-sends the same key");
+    // The 429 said `Retry-After: 1` (backoff_ms 200, rounded up): waited, and not much longer.
+    let arrivals = stack.revenuecat.arrivals(Route::Transaction);
+    let waited = arrivals[1].duration_since(arrivals[0]);
+    assert!(
+        (Duration::from_secs(1)..Duration::from_millis(2_500)).contains(&waited),
+        "the retry came {waited:?} after the 429"
+    );
     assert_eq!(stack.revenuecat.applied_transactions().len(), 1);
     assert_eq!(stack.gateway.envelopes().len(), 1);
 }
@@ -42,9 +49,14 @@ async fn revenuecat_429_persisting_is_502_rate_limit_error() {
     let mut stack = Stack::start().await;
     stack.revenuecat.inject(Route::Transaction, rc_error(429, "rate_limit_error"), 5);
     let (reply, _) = adjust_once(&mut stack, None).await;
-    reply.assert_error(502, "rc_call_failed");
-    assert_eq!(reply.detail(), "rc_call_failed: rate_limit_error");
+    reply.assert_detail(502, "rc_call_failed: rate_limit_error");
     assert_eq!(stack.revenuecat.transactions().len(), 2, "exactly one retry");
+    let arrivals = stack.revenuecat.arrivals(Route::Transaction);
+    let waited = arrivals[1].duration_since(arrivals[0]);
+    assert!(
+        (Duration::from_secs(1)..Duration::from_millis(2_500)).contains(&waited),
+        "retry after {waited:?}"
+    );
     assert!(stack.revenuecat.applied_transactions().is_empty());
     assert!(stack.gateway.envelopes().is_empty());
 }
@@ -54,7 +66,7 @@ async fn revenuecat_500_is_502_server_error_and_not_applied() {
     let mut stack = Stack::start().await;
     stack.revenuecat.inject(Route::Transaction, rc_error(500, "server_error"), 1);
     let (reply, _) = adjust_once(&mut stack, Some("fm-500")).await;
-    assert_eq!(reply.detail(), "rc_call_failed: server_error");
+    reply.assert_detail(502, "rc_call_failed: server_error");
     assert_eq!(stack.revenuecat.transactions().len(), 1, "an unknown outcome is not retried blindly");
     assert!(stack.revenuecat.applied_transactions().is_empty());
     assert!(stack.gateway.envelopes().is_empty());
@@ -65,7 +77,9 @@ async fn revenuecat_hanging_is_502_timeout_well_inside_the_deadline() {
     let mut stack = Stack::start().await;
     stack.revenuecat.inject(Route::Transaction, Fault::Hang, 1);
     let (reply, took) = adjust_once(&mut stack, None).await;
-    assert_eq!(reply.detail(), "rc_call_failed: timeout");
+    reply.assert_detail(502, "rc_call_failed: timeout");
+    // REVENUECAT_TIMEOUT_MS is 800: it waited that long, and not for the hang.
+    assert!(took >= Duration::from_millis(800), "gave up after {took:?}, before the 800 ms timeout");
     assert!(took < Duration::from_secs(3), "answered after {took:?}");
     assert!(stack.revenuecat.applied_transactions().is_empty());
     assert!(stack.gateway.envelopes().is_empty());
@@ -76,7 +90,7 @@ async fn revenuecat_refusing_connections_is_502_connect() {
     let mut stack = Stack::start().await;
     stack.set_env("REVENUECAT_API_URL", "http://127.0.0.1:9/v2");
     let (reply, _) = adjust_once(&mut stack, Some("fm-refused")).await;
-    assert_eq!(reply.detail(), "rc_call_failed: connect");
+    reply.assert_detail(502, "rc_call_failed: connect");
     assert!(stack.gateway.envelopes().is_empty());
     // Refused means never sent: the key is free for a retry at once.
     stack.set_env("REVENUECAT_API_URL", stack.revenuecat_url());
@@ -89,7 +103,7 @@ async fn revenuecat_answering_garbage_is_502_invalid_response() {
     let mut stack = Stack::start().await;
     stack.revenuecat.inject(Route::Transaction, Fault::InvalidJson, 1);
     let (reply, _) = adjust_once(&mut stack, None).await;
-    assert_eq!(reply.detail(), "rc_call_failed: invalid_response");
+    reply.assert_detail(502, "rc_call_failed: invalid_response");
     assert!(stack.gateway.envelopes().is_empty());
 }
 
@@ -117,7 +131,11 @@ async fn a_slow_gateway_is_given_two_seconds() {
     let mut stack = Stack::start().await;
     stack.gateway.inject(GatewayFault::Delay(Duration::from_secs(4)), 1);
     let (reply, took) = adjust_once(&mut stack, None).await;
-    assert!(took < Duration::from_millis(3_500), "the envelope post is capped at 2 s: {took:?}");
+    // The gateway holds the envelope for 4 s; the post gives up after its 2 s.
+    assert!(
+        (Duration::from_secs(2)..Duration::from_millis(3_500)).contains(&took),
+        "the envelope post is given 2 s, no less and not much more: {took:?}"
+    );
     assert_envelope_queued_then_delivered(&mut stack, reply).await;
 }
 
@@ -153,16 +171,18 @@ async fn a_secret_that_is_not_json_is_503_admin_unconfigured() {
     let mut stack = Stack::start().await;
     stack.put_raw_secret("adm_just_a_string").await;
     let (reply, _) = adjust_once(&mut stack, None).await;
-    assert_eq!((reply.status, reply.detail()), (503, "admin_unconfigured".to_owned()));
+    reply.assert_detail(503, "admin_unconfigured");
+    assert_eq!(stack.revenuecat.request_count(Route::Transaction), 0);
 }
 
 #[tokio::test]
 async fn a_secret_missing_a_key_is_503_naming_it() {
     let mut stack = Stack::start().await;
-    let incomplete = json!({"admin_secret": stack.admin_token, "revenuecat_api_key": "sk_x"});
+    let key = format!("sk_incomplete_{}", uuid::Uuid::new_v4().simple());
+    let incomplete = json!({"admin_secret": stack.admin_token, "revenuecat_api_key": key});
     stack.put_raw_secret(&incomplete.to_string()).await;
     let (reply, _) = adjust_once(&mut stack, None).await;
-    assert_eq!(reply.detail(), "admin_unconfigured: revenuecat_project_id is not set");
+    reply.assert_detail(503, "admin_unconfigured: revenuecat_project_id is not set");
     assert_eq!(stack.revenuecat.request_count(Route::Transaction), 0);
 }
 

@@ -489,7 +489,8 @@ async fn function_process_runs_with_the_lambda_environment() {
 
     let error = emulator.invoke(json!({ "fail": "nope" })).await.into_error();
     assert_eq!(error["errorMessage"], "nope");
-    assert!(function.logs().iter().any(|l| l.contains("handling")));
+    // Output is read on another thread: the line may trail the answer.
+    assert!(function.wait_for_log("handling", Duration::from_secs(5)).await, "{:?}", function.logs());
 
     function.kill();
     assert!(function.try_exit_status().is_some());
@@ -504,7 +505,7 @@ async fn function_init_errors_reach_the_emulator() {
     let status = function.wait_for_exit(Duration::from_secs(5)).await;
     assert_eq!(status.and_then(|s| s.code()), Some(1));
     assert_eq!(emulator.init_errors()[0]["errorMessage"], "bad config");
-    assert!(function.logs().iter().any(|l| l.contains("init failed")));
+    assert!(function.wait_for_log("init failed", Duration::from_secs(5)).await, "{:?}", function.logs());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -558,4 +559,38 @@ fn is_alive(pid: u32) -> bool {
             !state.starts_with('Z') && !state.starts_with('X')
         })
         .unwrap_or(false)
+}
+
+// ---------------------------------------------------------------- in-process logs
+
+/// What the code under test logs in-process reaches the suite log the secret
+/// scan reads: its own crates' events anywhere, other crates' events only
+/// inside `code_under_test` (the harness's own calls stay out).
+#[tokio::test]
+async fn in_process_logs_of_the_code_under_test_reach_the_suite_log() {
+    use tracing::Instrument;
+    credits_testkit::logs::capture_in_process_logs();
+    let marker = uuid::Uuid::new_v4().simple().to_string();
+    tracing::trace!(target: "credits::probe", "service event {marker}");
+    async { tracing::trace!(target: "some_dependency", "dependency event inside {marker}") }
+        .instrument(credits_testkit::logs::code_under_test())
+        .await;
+    tracing::info!(target: "some_dependency", "harness event outside {marker}");
+
+    let exe = std::env::current_exe().unwrap();
+    let log =
+        credits_testkit::suite_log_dir().join(format!("{}.log", exe.file_name().unwrap().to_string_lossy()));
+    let lines: Vec<Value> = std::fs::read_to_string(&log)
+        .unwrap_or_else(|e| panic!("{}: {e}", log.display()))
+        .lines()
+        .filter(|l| l.contains(&marker))
+        .map(|l| serde_json::from_str(l).expect("a JSON line"))
+        .collect();
+    let messages: Vec<&str> = lines.iter().map(|l| l["message"].as_str().unwrap()).collect();
+    assert_eq!(
+        messages,
+        [format!("service event {marker}"), format!("dependency event inside {marker}")],
+        "{lines:#?}"
+    );
+    assert_eq!(lines[0]["level"], "TRACE");
 }

@@ -2,12 +2,14 @@
 //! RevenueCat's own `Idempotency-Key`, the outbox and reconciliation —
 //! in-process against moto, the RevenueCat sandbox and the gateway stand-in.
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use credits::reconcile::{run_pass, ReconcileSummary};
-use credits_sandbox::{Fault, Route};
+use credits_sandbox::{Fault, Gate, Route};
+use credits_testkit::logs::code_under_test;
 use credits_testkit::stack::{Stack, DEMO_USER};
 use serde_json::json;
+use tracing::Instrument;
 
 const ADJUST: &str = "/admin/credits/adjust";
 
@@ -16,7 +18,18 @@ fn server_error() -> Fault {
 }
 
 async fn reconcile(stack: &Stack) -> ReconcileSummary {
-    run_pass(&stack.app(), credits::budget::Budget::lasting(std::time::Duration::from_secs(20))).await
+    run_pass(&stack.app(), credits::budget::Budget::lasting(Duration::from_secs(20)))
+        .instrument(code_under_test())
+        .await
+}
+
+/// Polls `condition` until it holds; panics after 10 s.
+async fn wait_until(what: &str, condition: impl Fn() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !condition() {
+        assert!(Instant::now() < deadline, "timed out waiting until {what}");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
 }
 
 #[tokio::test]
@@ -75,18 +88,23 @@ async fn a_key_reused_for_a_different_adjustment_is_422() {
 #[tokio::test]
 async fn a_duplicate_in_flight_is_409_with_retry_after() {
     let stack = Stack::start().await;
-    stack.revenuecat.inject(Route::Transaction, Fault::Delay(Duration::from_millis(800)), 1);
+    // The first request is held inside RevenueCat until the duplicate has been answered.
+    let gate = Gate::new();
+    stack.revenuecat.inject(Route::Transaction, Fault::HoldUntil(gate.clone()), 1);
     let first = {
         let call = stack.adjust(5, Some("k-flight"));
         let router = stack.router();
         tokio::spawn(async move { call.send(&router).await })
     };
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    wait_until("the first request reaches RevenueCat", || gate.waiting() == 1).await;
     let duplicate = stack.adjust(5, Some("k-flight")).send(&stack.router()).await;
     duplicate.assert_error(409, "idempotency_key_in_progress");
     let retry_after: u64 = duplicate.header("retry-after").unwrap().parse().unwrap();
     assert!(retry_after >= 1);
-    assert_eq!(first.await.unwrap().status, 200);
+    gate.open();
+    let first = first.await.unwrap();
+    assert_eq!(first.status, 200, "{}", first.body);
+    assert_eq!(first.json()["balance"], 125);
     assert_eq!(stack.revenuecat.transactions().len(), 1);
 }
 
@@ -114,14 +132,24 @@ async fn a_revenuecat_500_never_leads_to_a_second_transaction() {
     let stack = Stack::start().await;
     let router = stack.router();
     stack.revenuecat.inject(Route::Transaction, server_error(), 1);
-    // The shortest deadline an adjustment still fits in (the time budget keeps
-    // back what RevenueCat and the envelope need); the lease outlives it by 2 s.
-    let lease = Duration::from_secs(3);
-    let call = stack.adjust(40, Some("k-500")).deadline_in(lease);
-    call.send(&router).await.assert_error(502, "rc_call_failed");
-    // Still leased: a retry is told to wait rather than sent again.
-    stack.adjust(40, Some("k-500")).send(&router).await.assert_error(409, "idempotency_key_in_progress");
-    tokio::time::sleep(lease + Duration::from_millis(credits::handlers::adjust::LEASE_MARGIN_MS + 100)).await;
+    // The shortest deadline an adjustment fits in: the time budget keeps back
+    // what RevenueCat and the envelope need. The lease outlives it by 2 s.
+    let deadline = Duration::from_secs(3);
+    let started = Instant::now();
+    let call = stack.adjust(40, Some("k-500")).deadline_in(deadline);
+    call.send(&router).await.assert_detail(502, "rc_call_failed: server_error");
+    // Still leased: a retry is told to wait rather than sent again, and for how long.
+    let told_to_wait = stack.adjust(40, Some("k-500")).send(&router).await;
+    let lease_ends = started + deadline + Duration::from_millis(credits::handlers::adjust::LEASE_MARGIN_MS);
+    assert!(Instant::now() < lease_ends, "the retry came too late to find the lease held");
+    told_to_wait.assert_error(409, "idempotency_key_in_progress");
+    let retry_after: u64 = told_to_wait.header("retry-after").unwrap().parse().unwrap();
+    assert!(
+        Instant::now() + Duration::from_secs(retry_after) >= lease_ends,
+        "Retry-After {retry_after} s ends early"
+    );
+    // Once the lease the 409 announced has passed, the retry runs.
+    tokio::time::sleep(Duration::from_secs(retry_after)).await;
     let retry = stack.adjust(40, Some("k-500")).send(&router).await;
     assert_eq!(retry.status, 200, "{}", retry.body);
     assert_eq!(retry.json()["balance"], 160);
@@ -139,14 +167,29 @@ async fn a_timeout_after_revenuecat_applied_is_settled_not_repeated() {
     let mut stack = Stack::start().await;
     stack.set_env("REVENUECAT_TIMEOUT_MS", 300);
     let router = stack.router();
-    stack.revenuecat.inject(Route::Transaction, Fault::ApplyThenDelay(Duration::from_millis(1500)), 1);
+    // RevenueCat applies the transaction, then holds its answer past our timeout.
+    let gate = Gate::new();
+    stack.revenuecat.inject(Route::Transaction, Fault::ApplyThenHoldUntil(gate.clone()), 1);
     let lease = Duration::from_secs(3);
     let reply = stack.adjust(25, Some("k-timeout")).deadline_in(lease).send(&router).await;
-    assert_eq!(reply.detail(), "rc_call_failed: timeout");
+    reply.assert_detail(502, "rc_call_failed: timeout");
+    wait_until("RevenueCat applied the transaction", || gate.waiting() == 1).await;
     assert_eq!(stack.revenuecat.balance(DEMO_USER, "CRD"), Some(145), "RevenueCat did apply it");
-    tokio::time::sleep(lease + Duration::from_millis(credits::handlers::adjust::LEASE_MARGIN_MS)).await;
+    gate.open();
+    let answered = || stack.revenuecat.transactions().first().is_some_and(|t| t.status.is_some());
+    wait_until("RevenueCat finished the first request", answered).await;
 
-    let summary = reconcile(&stack).await;
+    // Passes leave the claim alone while its lease holds, then settle it.
+    let give_up = Instant::now() + lease + Duration::from_secs(15);
+    let summary = loop {
+        let summary = reconcile(&stack).await;
+        assert_eq!(summary.failed, 0, "{summary:?}");
+        if summary.settled > 0 {
+            break summary;
+        }
+        assert!(Instant::now() < give_up, "the lapsed claim was never settled");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
     assert_eq!((summary.settled, summary.failed), (1, 0), "{summary:?}");
     assert_eq!(stack.revenuecat.applied_transactions().len(), 1, "RevenueCat replayed, did not re-apply");
     assert_eq!(stack.gateway.unique_envelope_ids().len(), 1, "the settled adjustment notified the app");

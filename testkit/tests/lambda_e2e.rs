@@ -2,11 +2,13 @@
 //! polling the Runtime API (our emulator), fed API Gateway and EventBridge
 //! events, several processes per function standing in for concurrent instances.
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use credits_sandbox::{Fault, Route};
 use credits_testkit::runtime_api::{EmulatorOptions, Invocation};
-use credits_testkit::stack::{scheduled_event, within_one_rate_window, Call, Reply, Stack, DEMO_USER};
+use credits_testkit::stack::{
+    scheduled_event, within_one_rate_window, Call, Lambda, Reply, Stack, DEMO_USER,
+};
 use serde_json::{json, Value};
 
 #[tokio::test]
@@ -80,8 +82,45 @@ async fn forty_concurrent_adjusts_over_four_instances_admit_exactly_thirty() {
     assert_eq!(stack.revenuecat.applied_transactions().len(), 30);
     assert_eq!(stack.revenuecat.transactions().len(), 30);
     assert_eq!(stack.gateway.unique_envelope_ids().len(), 30);
-    let pids_that_answered = adjust.logs().iter().filter(|l| l.contains("\"outcome\":\"applied\"")).count();
-    assert_eq!(pids_that_answered, 30, "one audit line per applied adjustment");
+    let logs = logs_once(&adjust, "40 request lines", |logs| request_lines(logs) >= 40).await;
+    let applied = logs.iter().filter(|l| l.contains("\"outcome\":\"applied\"")).count();
+    assert_eq!(applied, 30, "one audit line per applied adjustment");
+    assert_every_instance_answered(&adjust, 40);
+}
+
+/// The function's "request" log lines (one per invocation answered).
+fn request_lines(logs: &[String]) -> usize {
+    logs.iter()
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .filter(|l| l["message"] == "request")
+        .count()
+}
+
+/// The instances' log lines once `condition` holds on them: a function's
+/// output is read on another thread, so a line can arrive after the response
+/// it belongs to. Panics after 10 s.
+async fn logs_once(lambda: &Lambda, what: &str, condition: impl Fn(&[String]) -> bool) -> Vec<String> {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let logs = lambda.logs();
+        if condition(&logs) {
+            return logs;
+        }
+        assert!(Instant::now() < deadline, "timed out waiting for {what}: {logs:#?}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Each instance's "request" log lines: every process answered some of the
+/// `total` invocations, and together they answered all of them. (Each
+/// instance handles one invocation at a time and all were polling before the
+/// first was sent, so a concurrent burst reaches every one of them.)
+#[track_caller]
+fn assert_every_instance_answered(lambda: &Lambda, total: usize) {
+    let answered: Vec<usize> =
+        lambda.pool.instances().iter().map(|process| request_lines(&process.logs())).collect();
+    assert_eq!(answered.iter().sum::<usize>(), total, "answers per instance: {answered:?}");
+    assert!(answered.iter().all(|n| *n > 0), "an instance answered nothing: {answered:?}");
 }
 
 #[tokio::test]
@@ -100,17 +139,23 @@ async fn twenty_concurrent_duplicates_over_four_instances_apply_once() {
     }
     assert_eq!(stack.revenuecat.transactions().len(), 1);
     assert_eq!(stack.gateway.envelopes().len(), 1);
+    logs_once(&adjust, "20 request lines", |logs| request_lines(logs) >= 20).await;
+    assert_every_instance_answered(&adjust, 20);
 }
 
 #[tokio::test]
 async fn a_process_killed_after_revenuecat_applied_is_settled_by_the_schedule() {
     let stack = Stack::start().await;
-    let options = EmulatorOptions { deadline: Duration::from_secs(2), ..Default::default() };
+    // The dead attempt's lease ends 2 s after this deadline: room for the checks
+    // below to run before it lapses, however slowly the machine starts a process.
+    let deadline = Duration::from_secs(5);
+    let options = EmulatorOptions { deadline, ..Default::default() };
     let mut adjust = stack.lambda_with("adjust-credits", 1, options).await;
     stack.revenuecat.inject(Route::Transaction, Fault::ApplyThenDelay(Duration::from_millis(2500)), 1);
 
     let emulator = adjust.emulator.clone();
     let event = stack.adjust(60, Some("e2e-crash")).http_api_event();
+    let invoked = Instant::now();
     let pending = tokio::spawn(async move { emulator.invoke_with_wait(event, Duration::from_secs(1)).await });
     wait_until(|| stack.revenuecat.applied_transactions().len() == 1, "RevenueCat applies the transaction")
         .await;
@@ -121,13 +166,26 @@ async fn a_process_killed_after_revenuecat_applied_is_settled_by_the_schedule() 
     let _replacement = adjust.add_instance(&stack, "adjust-credits");
     adjust.emulator.set_deadline(Duration::from_secs(20));
     // Until the dead attempt's lease lapses, a retry is told to wait …
-    adjust.call(&stack.adjust(60, Some("e2e-crash"))).await.assert_error(409, "idempotency_key_in_progress");
-    // The lease ends 2 s after the 2 s deadline; RevenueCat's own attempt is done by then.
-    tokio::time::sleep(Duration::from_millis(3_500)).await;
-    // … then the scheduled pass settles it with the recorded RevenueCat key.
-    let summary = adjust.invoke(scheduled_event()).await.into_response();
-    assert_eq!(summary["settled"], 1, "{summary}");
-    assert_eq!(summary["failed"], 0);
+    let lease_lapses = invoked + deadline + Duration::from_millis(credits::handlers::adjust::LEASE_MARGIN_MS);
+    let told_to_wait = adjust.call(&stack.adjust(60, Some("e2e-crash"))).await;
+    assert!(Instant::now() < lease_lapses, "the retry came too late to find the lease held");
+    told_to_wait.assert_error(409, "idempotency_key_in_progress");
+    // … and scheduled passes leave it alone; the first pass after the lease
+    // lapsed settles it with the recorded RevenueCat key.
+    let summary = loop {
+        let started = Instant::now();
+        let summary = adjust.invoke(scheduled_event()).await.into_response();
+        assert_eq!(summary["failed"], 0, "{summary}");
+        if summary["settled"] == 1 {
+            // The pass's own clock reads at least `started`; the lease must have lapsed by then.
+            assert!(Instant::now() + Duration::from_millis(200) >= lease_lapses, "settled inside the lease");
+            break summary;
+        }
+        assert_eq!(summary["settled"], 0, "{summary}");
+        assert!(started < lease_lapses + Duration::from_secs(10), "never settled after the lease lapsed");
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    };
+    assert_eq!(summary["complete"], true, "{summary}");
     assert_eq!(stack.revenuecat.applied_transactions().len(), 1);
     assert_eq!(stack.gateway.unique_envelope_ids().len(), 1);
     let retry = adjust.call(&stack.adjust(60, Some("e2e-crash"))).await;
@@ -169,10 +227,10 @@ async fn with_dynamodb_unreachable_keyed_adjusts_are_refused_and_the_limiter_fai
     let reply = adjust.call(&stack.adjust(5, None)).await;
     assert_eq!(reply.status, 200, "admin work does not stop: {}", reply.body);
     assert!(reply.header("ratelimit-limit").is_none());
-    assert!(adjust
-        .logs()
-        .iter()
-        .any(|l| l.contains("\"level\":\"ERROR\"") && l.contains("rate limiter unavailable")));
+    logs_once(&adjust, "the limiter's ERROR", |logs| {
+        logs.iter().any(|l| l.contains("\"level\":\"ERROR\"") && l.contains("rate limiter unavailable"))
+    })
+    .await;
 }
 
 #[tokio::test]
@@ -182,7 +240,11 @@ async fn logs_are_json_lines_with_an_audit_line_and_no_secrets() {
     adjust.call(&stack.adjust(11, Some("e2e-audit"))).await;
     adjust.call(&stack.adjust(-5000, None)).await.assert_error(409, "insufficient_balance");
     adjust.call(&stack.adjust(1, None).header("authorization", "Bearer adm_wrong_guess")).await;
-    let logs = adjust.logs();
+    // The refusal's audit line comes after every line of the two calls before.
+    let logs = logs_once(&adjust, "the refusal's audit line", |logs| {
+        logs.iter().any(|l| l.contains("\"message\":\"refused\"") && l.contains("invalid_admin_secret"))
+    })
+    .await;
     let lines: Vec<Value> = logs.iter().filter_map(|l| serde_json::from_str(l).ok()).collect();
     assert_eq!(lines.len(), logs.len(), "every line is JSON: {logs:#?}");
     let audits: Vec<&Value> = lines.iter().filter(|l| l["target"] == "audit").collect();
@@ -216,18 +278,46 @@ async fn lambda_log_format_and_level_controls_are_honoured() {
     stack.set_env("AWS_LAMBDA_LOG_FORMAT", "Text");
     let text = stack.lambda("get-balances", 1).await;
     text.call(&stack.get(&format!("/admin/credits/balances/{DEMO_USER}"))).await;
-    let logs = text.logs();
-    assert!(logs.iter().any(|l| l.contains("INFO") && l.contains("request")), "{logs:#?}");
+    let logs = logs_once(&text, "an INFO request line", |logs| {
+        logs.iter().any(|l| l.contains("INFO") && l.contains("request"))
+    })
+    .await;
+    // Metrics are EMF documents, JSON by definition, whatever the log format.
     assert!(
-        logs.iter().all(|l| serde_json::from_str::<Value>(l).is_err()),
+        logs.iter()
+            .filter(|l| !l.starts_with("{\"_aws\""))
+            .all(|l| serde_json::from_str::<Value>(l).is_err()),
         "Text means plain lines: {logs:#?}"
     );
 
+    // At WARN an instance whose rate-limit table is missing still logs that
+    // (ERROR), and nothing at INFO or below: the request line is gone.
     stack.set_env("AWS_LAMBDA_LOG_FORMAT", "JSON");
     stack.set_env("AWS_LAMBDA_LOG_LEVEL", "WARN");
+    stack.set_env("TABLE_NAME", "credits-table-that-does-not-exist");
     let quiet = stack.lambda("get-balances", 1).await;
-    assert_eq!(quiet.call(&stack.get(&format!("/admin/credits/balances/{DEMO_USER}"))).await.status, 200);
-    assert!(quiet.logs().iter().all(|l| !l.contains("\"INFO\"")), "{:#?}", quiet.logs());
+    for _ in 0..2 {
+        assert_eq!(quiet.call(&stack.get(&format!("/admin/credits/balances/{DEMO_USER}"))).await.status, 200);
+    }
+    // The second request's ERROR comes after every line the first one wrote.
+    let logs = logs_once(&quiet, "two ERROR lines", |logs| {
+        logs.iter().filter(|l| l.contains("rate limiter unavailable")).count() >= 2
+    })
+    .await;
+    let levels: Vec<String> = logs
+        .iter()
+        .filter(|l| !l.starts_with("{\"_aws\""))
+        .map(|l| {
+            let line: Value = serde_json::from_str(l).unwrap_or_else(|_| panic!("not JSON: {l}"));
+            line["level"].as_str().unwrap_or_else(|| panic!("no level: {l}")).to_owned()
+        })
+        .collect();
+    assert!(
+        levels.iter().any(|level| level == "ERROR")
+            && logs.iter().any(|l| l.contains("rate limiter unavailable")),
+        "the ERROR is logged at WARN: {logs:#?}"
+    );
+    assert!(levels.iter().all(|level| level == "WARN" || level == "ERROR"), "{logs:#?}");
 }
 
 #[tokio::test]
@@ -239,7 +329,7 @@ async fn an_unrecognised_event_is_an_invocation_error_and_the_process_lives_on()
     assert_eq!(adjust.call(&stack.adjust(1, None)).await.status, 200);
 }
 
-async fn concurrently(lambda: &credits_testkit::stack::Lambda, calls: Vec<Call>) -> Vec<Reply> {
+async fn concurrently(lambda: &Lambda, calls: Vec<Call>) -> Vec<Reply> {
     futures::future::join_all(calls.iter().map(|call| lambda.call(call))).await
 }
 

@@ -47,13 +47,14 @@ async fn the_local_runner_serves_every_route_on_embedded_defaults() {
     assert!(
         banner.contains("embedded sandbox") && banner.contains("in memory") && banner.contains("printed")
     );
-    assert_eq!(banner.matches("curl -s").count(), 4, "three API examples and the reconcile one:\n{banner}");
+    assert_eq!(banner.matches("curl -s").count(), 5, "four API examples and the reconcile one:\n{banner}");
+    assert!(banner.contains("/admin/credits/ledger/user_2abcXYZ"), "the ledger is in the banner:\n{banner}");
 
     let client = reqwest::Client::new();
     let get = |path: &str| client.get(format!("{url}{path}")).bearer_auth(TOKEN).send();
 
     let index: Value = client.get(format!("{url}/")).send().await.unwrap().json().await.unwrap();
-    assert_eq!(index["routes"].as_array().unwrap().len(), 3);
+    assert_eq!(index["routes"].as_array().unwrap().len(), 4);
 
     let currencies = get("/admin/credits/currencies").await.unwrap();
     assert_eq!(currencies.status(), 200);
@@ -68,7 +69,8 @@ async fn the_local_runner_serves_every_route_on_embedded_defaults() {
         client
             .post(format!("{url}/admin/credits/adjust"))
             .bearer_auth(TOKEN)
-            .json(&json!({"user_id": "user_2abcXYZ", "amount": 100, "reason": "ZD-1234 goodwill", "idempotency_key": "ZD-1234-grant"}))
+            .json(&json!({"user_id": "user_2abcXYZ", "amount": 100, "reason": "ZD-1234 goodwill",
+                "idempotency_key": "ZD-1234-grant", "actor": "ana@example.com"}))
             .send()
     };
     let first = adjust().await.unwrap();
@@ -79,6 +81,19 @@ async fn the_local_runner_serves_every_route_on_embedded_defaults() {
     assert_eq!(second.headers()["idempotent-replayed"], "true");
     let second: Value = second.json().await.unwrap();
     assert_eq!((second["balance"].clone(), second["replayed"].clone()), (json!(220), json!(true)));
+
+    // The adjustment is in the ledger, once, with who and why.
+    let ledger: Value = get("/admin/credits/ledger/user_2abcXYZ").await.unwrap().json().await.unwrap();
+    let items = ledger["items"].as_array().unwrap();
+    assert_eq!(items.len(), 1, "{ledger}");
+    assert_eq!(
+        (items[0]["actor"].as_str(), items[0]["reason"].as_str()),
+        (Some("ana@example.com"), Some("ZD-1234 goodwill"))
+    );
+    assert_eq!(
+        (items[0]["balance_after"].as_i64(), items[0]["status"].as_str()),
+        (Some(220), Some("applied"))
+    );
 
     let unauthorised = client.get(format!("{url}/admin/credits/currencies")).send().await.unwrap();
     assert_eq!(unauthorised.status(), 401);

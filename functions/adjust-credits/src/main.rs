@@ -1,7 +1,6 @@
 //! `adjust-credits` Lambda function: `POST /admin/credits/adjust`, plus one
 //! reconciliation pass per EventBridge scheduled event.
 
-use credits::config::Config;
 use credits::handlers::AdjustCredits;
 use credits::{App, Router};
 
@@ -10,7 +9,7 @@ use credits::{App, Router};
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> Result<(), lambda_runtime::Error> {
     credits::telemetry::init();
-    let app = App::from_config(Config::from_env(), &credits::lambda::sdk_config().await);
-    let router = Router::new(app).route::<AdjustCredits>();
+    credits::metrics::init("adjust-credits");
+    let router = Router::new(App::from_env().await).route::<AdjustCredits>();
     credits::lambda::run_http_and_schedule(router.warm_up()).await
 }

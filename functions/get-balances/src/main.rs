@@ -1,7 +1,6 @@
-//! `get-balances` Lambda function.
+//! `get-balances` Lambda function: a customer's balances, and their ledger.
 
-use credits::config::Config;
-use credits::handlers::GetBalances;
+use credits::handlers::{GetBalances, GetLedger};
 use credits::{App, Router};
 
 // One request at a time per instance: a single thread avoids cross-thread
@@ -9,7 +8,7 @@ use credits::{App, Router};
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> Result<(), lambda_http::Error> {
     credits::telemetry::init();
-    let app = App::from_config(Config::from_env(), &credits::lambda::sdk_config().await);
-    let router = Router::new(app).route::<GetBalances>();
+    credits::metrics::init("get-balances");
+    let router = Router::new(App::from_env().await).route::<GetBalances>().route::<GetLedger>();
     lambda_http::run(router.warm_up()).await
 }

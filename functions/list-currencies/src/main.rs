@@ -1,6 +1,5 @@
 //! `list-currencies` Lambda function.
 
-use credits::config::Config;
 use credits::handlers::ListCurrencies;
 use credits::{App, Router};
 
@@ -9,7 +8,7 @@ use credits::{App, Router};
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> Result<(), lambda_http::Error> {
     credits::telemetry::init();
-    let app = App::from_config(Config::from_env(), &credits::lambda::sdk_config().await);
-    let router = Router::new(app).route::<ListCurrencies>();
+    credits::metrics::init("list-currencies");
+    let router = Router::new(App::from_env().await).route::<ListCurrencies>();
     lambda_http::run(router.warm_up()).await
 }

@@ -18,6 +18,7 @@ use super::transaction::{adjusted_balances, record_of, Claim, Fingerprint, Store
 use super::wire::{self, List, VirtualCurrency, VirtualCurrencyBalance};
 use super::{Fault, RateDomain, RateUsage, RevenueCatSandbox, StoredCurrency};
 use crate::server::Connection;
+use crate::Gate;
 
 /// Request bodies are small JSON objects; anything larger is a caller bug.
 const MAX_BODY_BYTES: usize = 1 << 20;
@@ -63,25 +64,36 @@ struct Admission {
     record: Option<usize>,
 }
 
-/// Sleeps around processing, from `Fault::Delay` (before) and `Fault::ApplyThenDelay` (after).
-#[derive(Debug, Default, Clone, Copy)]
+/// Waits around processing, from `Fault::Delay` / `Fault::HoldUntil` (before) and
+/// `Fault::ApplyThenDelay` / `Fault::ApplyThenHoldUntil` (after).
+#[derive(Debug, Default, Clone)]
 struct Timing {
-    before: Duration,
-    after: Duration,
+    before: Pause,
+    after: Pause,
+}
+
+#[derive(Debug, Default, Clone)]
+enum Pause {
+    #[default]
+    None,
+    Sleep(Duration),
+    Gate(Gate),
 }
 
 impl Timing {
     async fn around<T>(self, work: impl FnOnce() -> T) -> T {
-        pause(self.before).await;
+        pause(&self.before).await;
         let output = work();
-        pause(self.after).await;
+        pause(&self.after).await;
         output
     }
 }
 
-async fn pause(duration: Duration) {
-    if !duration.is_zero() {
-        tokio::time::sleep(duration).await;
+async fn pause(pause: &Pause) {
+    match pause {
+        Pause::None => {}
+        Pause::Sleep(duration) => tokio::time::sleep(*duration).await,
+        Pause::Gate(gate) => gate.passed().await,
     }
 }
 
@@ -142,8 +154,10 @@ impl RevenueCatSandbox {
         let record = admission.record;
         let timing = match admission.fault {
             None => Timing::default(),
-            Some(Fault::Delay(before)) => Timing { before, ..Timing::default() },
-            Some(Fault::ApplyThenDelay(after)) => Timing { after, ..Timing::default() },
+            Some(Fault::Delay(delay)) => Timing { before: Pause::Sleep(delay), ..Timing::default() },
+            Some(Fault::ApplyThenDelay(delay)) => Timing { after: Pause::Sleep(delay), ..Timing::default() },
+            Some(Fault::HoldUntil(gate)) => Timing { before: Pause::Gate(gate), ..Timing::default() },
+            Some(Fault::ApplyThenHoldUntil(gate)) => Timing { after: Pause::Gate(gate), ..Timing::default() },
             Some(Fault::Hang) => return std::future::pending().await,
             Some(Fault::CloseConnection) => return connection.close_without_answer().await,
             Some(Fault::InvalidJson) => return self.finish(record, invalid_json()),
@@ -295,10 +309,10 @@ impl RevenueCatSandbox {
                 Claim::Locked => return Err(ApiError::locked()),
             }
         }
-        pause(timing.before).await;
+        pause(&timing.before).await;
         let url = balances_url(&incoming.origin(), &incoming.target.project_id, customer_id);
         let outcome = StoredResponse::new(self.apply_transaction(&request, include_empty, record, url));
-        pause(timing.after).await;
+        pause(&timing.after).await;
         if let Some(key) = key {
             self.lock().complete_idempotency_key(key, request, outcome.clone());
         }

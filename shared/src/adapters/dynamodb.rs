@@ -16,6 +16,9 @@
 //!   `attempts` (N), `enqueued_at` (N, epoch ms), `expires_at`, and `pending = "outbox"` with
 //!   `lease_until` = its next attempt (epoch ms), so the same sparse GSI lists due envelopes
 //!   in the order they fell due.
+//! - ledger entry: `pk = "ledger#<user_id>"`, `sk = "<occurred_at, epoch ms, 13 digits>#<entry_id>"`,
+//!   `entry` (JSON), `status` (`applied` | `pending` | `rejected`), `expires_at` only when
+//!   `LEDGER_RETENTION_DAYS` is set.
 //! - dead letter: `pk = "outbox-dead"`, `sk = "<envelope_id>"`, `envelope`, `attempts`,
 //!   `dead_at` (N, epoch ms), `expires_at`: envelopes the gateway kept refusing.
 
@@ -24,15 +27,19 @@ use std::collections::HashMap;
 use async_trait::async_trait;
 use aws_sdk_dynamodb::error::DisplayErrorContext;
 use aws_sdk_dynamodb::operation::put_item::PutItemError;
-use aws_sdk_dynamodb::types::{AttributeValue, ReturnValue, ReturnValuesOnConditionCheckFailure};
+use aws_sdk_dynamodb::types::{
+    AttributeValue, KeysAndAttributes, Put, ReturnValue, ReturnValuesOnConditionCheckFailure,
+    TransactWriteItem, Update,
+};
 use aws_sdk_dynamodb::Client;
 
 use crate::adapters::sdk;
 use crate::budget::Budget;
+use crate::domain::ledger::{EntryStatus, LedgerEntry};
 use crate::domain::UsageChanged;
 use crate::ports::{
-    AdmissionRef, ClaimOutcome, DueEnvelopes, IdempotencyStore, Lapsed, NewClaim, Outbox, PendingClaim,
-    QueuedEnvelope, RateLimitStore, StoreError, Transaction,
+    AdmissionRef, ClaimOutcome, DueEnvelopes, IdempotencyStore, Lapsed, Ledger, LedgerPage, NewClaim, Outbox,
+    PendingClaim, QueuedEnvelope, RateLimitStore, StoreError, Transaction,
 };
 
 /// The sparse index of work that falls due: in-progress adjustments by lease
@@ -49,12 +56,36 @@ const COMPLETED: &str = "completed";
 pub struct DynamoStore {
     pub(crate) client: Client,
     pub(crate) table: String,
+    /// `LEDGER_RETENTION_DAYS`: entries get a TTL only when set.
+    ledger_retention: Option<std::time::Duration>,
 }
 
 impl DynamoStore {
     pub fn new(client: Client, table: String) -> Self {
-        Self { client, table }
+        Self { client, table, ledger_retention: None }
     }
+
+    pub fn with_ledger_retention(mut self, retention: Option<std::time::Duration>) -> Self {
+        self.ledger_retention = retention;
+        self
+    }
+
+    fn ledger_item(&self, entry: &LedgerEntry) -> Item {
+        let mut item = HashMap::from([
+            ("pk".to_owned(), ledger_pk(&entry.user_id)),
+            ("sk".to_owned(), s(entry.position())),
+            ("entry".to_owned(), s(serde_json::to_string(entry).expect("entries serialise"))),
+            ("status".to_owned(), s(entry.status.as_str())),
+        ]);
+        if let Some(retention) = self.ledger_retention {
+            item.insert("expires_at".to_owned(), n(entry.occurred_at_ms / 1000 + retention.as_secs()));
+        }
+        item
+    }
+}
+
+fn ledger_pk(user_id: &str) -> AttributeValue {
+    s(format!("ledger#{user_id}"))
 }
 
 pub(crate) fn s(value: impl Into<String>) -> AttributeValue {
@@ -163,6 +194,138 @@ impl RateLimitStore for DynamoStore {
     }
 }
 
+#[async_trait]
+impl Ledger for DynamoStore {
+    async fn record(&self, entry: &LedgerEntry, budget: &Budget) -> Result<(), StoreError> {
+        let mut put = self.client.put_item().table_name(&self.table).set_item(Some(self.ledger_item(entry)));
+        put = match entry.status {
+            EntryStatus::Applied => put,
+            EntryStatus::Pending => {
+                put.condition_expression("attribute_not_exists(pk) OR #status = :pending")
+            }
+            EntryStatus::Rejected => put.condition_expression("#status = :pending"),
+        };
+        if entry.status != EntryStatus::Applied {
+            put = put
+                .expression_attribute_names("#status", "status")
+                .expression_attribute_values(":pending", s(EntryStatus::Pending.as_str()));
+        }
+        match put.customize().config_override(within(budget, "PutItem")?).send().await {
+            Ok(_) => Ok(()),
+            // Settled meanwhile (or an outright refusal with nothing pending): nothing to change.
+            Err(e) if is_condition_failure(&e) => Ok(()),
+            Err(e) => Err(failed("PutItem", &e)),
+        }
+    }
+
+    async fn page(
+        &self,
+        user_id: &str,
+        after: Option<&str>,
+        limit: u32,
+        budget: &Budget,
+    ) -> Result<LedgerPage, StoreError> {
+        let mut query = self
+            .client
+            .query()
+            .table_name(&self.table)
+            .expression_attribute_values(":pk", ledger_pk(user_id))
+            .scan_index_forward(false)
+            // One more than asked tells whether another page follows.
+            .limit(limit as i32 + 1);
+        query = match after {
+            Some(position) => query
+                .key_condition_expression("pk = :pk AND sk < :after")
+                .expression_attribute_values(":after", s(position)),
+            None => query.key_condition_expression("pk = :pk"),
+        };
+        let output = query
+            .customize()
+            .config_override(within(budget, "Query")?)
+            .send()
+            .await
+            .map_err(|e| failed("Query", &e))?;
+        let mut entries = Vec::new();
+        for item in output.items() {
+            let entry = get_s(item, "entry")
+                .and_then(|e| serde_json::from_str::<LedgerEntry>(e).ok())
+                .ok_or_else(|| StoreError(format!("unreadable ledger entry {:?}", get_s(item, "sk"))))?;
+            entries.push(entry);
+        }
+        let more = entries.len() > limit as usize;
+        entries.truncate(limit as usize);
+        let last_position = more.then(|| entries.last().map(LedgerEntry::position)).flatten();
+        Ok(LedgerPage { entries, last_position })
+    }
+
+    async fn undelivered(
+        &self,
+        envelope_ids: &[String],
+        budget: &Budget,
+    ) -> Result<std::collections::HashSet<String>, StoreError> {
+        let keys: Vec<Item> = envelope_ids
+            .iter()
+            .flat_map(|id| {
+                [OUTBOX_PK, DEAD_LETTER_PK]
+                    .map(|pk| HashMap::from([("pk".to_owned(), s(pk)), ("sk".to_owned(), s(id))]))
+            })
+            .collect();
+        // A page holds at most 100 entries: at most two batches of 100 keys, read side by side.
+        let mut batches = keys.chunks(100);
+        let (first, second) = tokio::join!(
+            self.get_batch(batches.next().unwrap_or_default(), budget),
+            self.get_batch(batches.next().unwrap_or_default(), budget)
+        );
+        let mut undelivered = first?;
+        undelivered.extend(second?);
+        for rest in batches {
+            undelivered.extend(self.get_batch(rest, budget).await?);
+        }
+        Ok(undelivered)
+    }
+}
+
+impl DynamoStore {
+    /// The `sk` (envelope id) of each of `keys` that exists.
+    async fn get_batch(
+        &self,
+        keys: &[Item],
+        budget: &Budget,
+    ) -> Result<std::collections::HashSet<String>, StoreError> {
+        let mut found = std::collections::HashSet::new();
+        let mut pending = keys.to_vec();
+        // Unprocessed keys (throttling) are asked again while the budget lasts.
+        while !pending.is_empty() {
+            let request = KeysAndAttributes::builder()
+                .set_keys(Some(pending))
+                .projection_expression("sk")
+                .consistent_read(true)
+                .build()
+                .map_err(|e| StoreError(format!("BatchGetItem request: {e}")))?;
+            let output = self
+                .client
+                .batch_get_item()
+                .request_items(&self.table, request)
+                .customize()
+                .config_override(within(budget, "BatchGetItem")?)
+                .send()
+                .await
+                .map_err(|e| failed("BatchGetItem", &e))?;
+            for item in output.responses().and_then(|r| r.get(&self.table)).into_iter().flatten() {
+                if let Some(sk) = get_s(item, "sk") {
+                    found.insert(sk.to_owned());
+                }
+            }
+            pending = output
+                .unprocessed_keys()
+                .and_then(|u| u.get(&self.table))
+                .map(|k| k.keys().to_vec())
+                .unwrap_or_default();
+        }
+        Ok(found)
+    }
+}
+
 type Item = HashMap<String, AttributeValue>;
 
 fn failed(operation: &str, error: &impl std::error::Error) -> StoreError {
@@ -217,6 +380,8 @@ fn pending_from_item(item: &Item) -> Result<PendingClaim, StoreError> {
         lease_until_ms: get_n(item, "lease_until").unwrap_or(0),
         attempts: get_n(item, "attempts").unwrap_or(0) as u32,
         admission,
+        created_ms: get_n(item, "created_at").unwrap_or(0),
+        actor: get_s(item, "actor").map(str::to_owned),
     })
 }
 
@@ -329,12 +494,16 @@ impl IdempotencyStore for DynamoStore {
             .item("lease_until", n(claim.lease_until_ms))
             .item("attempts", n(1))
             .item("admission", s(serde_json::to_string(&admission).expect("admissions serialise")))
+            .item("created_at", n(claim.created_ms))
             .item("expires_at", n(claim.expires_at))
             .condition_expression("attribute_not_exists(pk)")
             // A duplicate learns what it collided with in the same round trip.
             .return_values_on_condition_check_failure(ReturnValuesOnConditionCheckFailure::AllOld);
         if let Some(key) = &claim.client_key {
             put = put.item("client_key", s(key));
+        }
+        if let Some(actor) = &claim.actor {
+            put = put.item("actor", s(actor));
         }
         match put.customize().config_override(within(budget, "PutItem")?).send().await {
             Ok(_) => Ok(ClaimOutcome::Claimed(Box::new(claim.first_attempt()))),
@@ -356,9 +525,16 @@ impl IdempotencyStore for DynamoStore {
         }
     }
 
-    async fn complete(&self, record_key: &str, response: &str, budget: &Budget) -> Result<(), StoreError> {
-        self.client
-            .update_item()
+    async fn complete(
+        &self,
+        record_key: &str,
+        response: &str,
+        entry: &LedgerEntry,
+        budget: &Budget,
+    ) -> Result<(), StoreError> {
+        let built =
+            |e: aws_sdk_dynamodb::error::BuildError| StoreError(format!("TransactWriteItems request: {e}"));
+        let record = Update::builder()
             .table_name(&self.table)
             .key("pk", record_pk(record_key))
             .key("sk", s(RECORD_SK))
@@ -368,12 +544,24 @@ impl IdempotencyStore for DynamoStore {
             .expression_attribute_names("#response", "response")
             .expression_attribute_values(":completed", s(COMPLETED))
             .expression_attribute_values(":response", s(response))
+            .build()
+            .map_err(built)?;
+        // Applied always wins, so a pending entry of the same adjustment is replaced.
+        let ledger = Put::builder()
+            .table_name(&self.table)
+            .set_item(Some(self.ledger_item(entry)))
+            .build()
+            .map_err(built)?;
+        self.client
+            .transact_write_items()
+            .transact_items(TransactWriteItem::builder().update(record).build())
+            .transact_items(TransactWriteItem::builder().put(ledger).build())
             .customize()
-            .config_override(within(budget, "UpdateItem")?)
+            .config_override(within(budget, "TransactWriteItems")?)
             .send()
             .await
             .map(|_| ())
-            .map_err(|e| failed("UpdateItem", &e))
+            .map_err(|e| failed("TransactWriteItems", &e))
     }
 
     async fn release(&self, record_key: &str, budget: &Budget) -> Result<(), StoreError> {

@@ -14,6 +14,7 @@ use serde_json::{json, Value};
 
 use crate::adapters::gateway::describe;
 use crate::budget::{Budget, MIN_REVENUECAT_CALL};
+use crate::metrics;
 use crate::ports::{Balance, Currency, ProductGrant, RcCredentials, RcError, RevenueCat, Transaction};
 
 /// Everything but RFC 3986 unreserved characters is encoded, so a customer id
@@ -51,21 +52,16 @@ impl RevenueCatHttp {
 
     /// Sends one request, waiting out one 429/423 backoff (§9) before giving
     /// up, if the wait and another attempt fit in `budget`.
-    async fn send(
-        &self,
-        creds: &RcCredentials,
-        method: Method,
-        url: Url,
-        body: Option<&Value>,
-        idempotency_key: Option<&str>,
-        budget: &Budget,
-    ) -> Result<Value, Failure> {
+    async fn send(&self, creds: &RcCredentials, call: RcCall<'_>, budget: &Budget) -> Result<Value, Failure> {
+        let RcCall { operation, method, url, body, idempotency_key } = call;
         let mut waited = false;
         loop {
             let timeout = budget.share(self.timeout);
             if timeout.is_zero() {
                 return Err(Failure::Transport { kind: "timeout", maybe_sent: waited });
             }
+            let started = std::time::Instant::now();
+            let observe = |error: Option<&str>| metrics::revenuecat_call(operation, started.elapsed(), error);
             let mut request = self
                 .client
                 .request(method.clone(), url.clone())
@@ -78,22 +74,28 @@ impl RevenueCatHttp {
             if let Some(key) = idempotency_key {
                 request = request.header("Idempotency-Key", key);
             }
-            let response = request.send().await.map_err(|e| Failure::Transport {
-                kind: describe(&e),
+            let response = request.send().await.map_err(|e| {
+                observe(Some(describe(&e)));
                 // A refused connection never carried the request.
-                maybe_sent: waited || !e.is_connect(),
+                Failure::Transport { kind: describe(&e), maybe_sent: waited || !e.is_connect() }
             })?;
             let status = response.status();
             let retry_after = retry_after_header(&response);
-            let text = response
-                .text()
-                .await
-                .map_err(|e| Failure::Transport { kind: describe(&e), maybe_sent: true })?;
+            let text = response.text().await.map_err(|e| {
+                observe(Some(describe(&e)));
+                Failure::Transport { kind: describe(&e), maybe_sent: true }
+            })?;
             if status.is_success() {
-                return serde_json::from_str(&text).map_err(|_| Failure::InvalidResponse);
+                let answer = serde_json::from_str(&text).map_err(|_| Failure::InvalidResponse);
+                observe(answer.as_ref().err().map(|_| "invalid_response"));
+                return answer;
             }
             // A refusal we cannot read is not a definite refusal (spec §6).
-            let error = serde_json::from_str::<ErrorBody>(&text).map_err(|_| Failure::InvalidResponse)?;
+            let error = serde_json::from_str::<ErrorBody>(&text).map_err(|_| {
+                observe(Some("invalid_response"));
+                Failure::InvalidResponse
+            })?;
+            observe(Some(&error.kind));
             let retryable_now = matches!(status, StatusCode::TOO_MANY_REQUESTS | StatusCode::LOCKED);
             let backoff =
                 retry_after.or(error.backoff_ms.map(Duration::from_millis)).unwrap_or(Duration::from_secs(1));
@@ -121,13 +123,14 @@ impl RevenueCatHttp {
         creds: &RcCredentials,
         mut url: Url,
         budget: &Budget,
+        operation: &'static str,
     ) -> Result<Vec<Value>, Failure> {
         url.query_pairs_mut().append_pair("limit", &PAGE_LIMIT.to_string());
         let mut items = Vec::new();
         let mut cursors_seen = Vec::new();
         for _ in 0..MAX_PAGES {
             let page: Page =
-                serde_json::from_value(self.send(creds, Method::GET, url.clone(), None, None, budget).await?)
+                serde_json::from_value(self.send(creds, RcCall::get(operation, url.clone()), budget).await?)
                     .map_err(|_| Failure::InvalidResponse)?;
             items.extend(page.items);
             let Some(cursor) = page.next_page.as_deref().and_then(starting_after) else {
@@ -140,6 +143,21 @@ impl RevenueCatHttp {
             cursors_seen.push(cursor);
         }
         Err(Failure::InvalidResponse)
+    }
+}
+
+/// One request to RevenueCat; `operation` names it in the metrics.
+struct RcCall<'a> {
+    operation: &'static str,
+    method: Method,
+    url: Url,
+    body: Option<&'a Value>,
+    idempotency_key: Option<&'a str>,
+}
+
+impl RcCall<'_> {
+    fn get(operation: &'static str, url: Url) -> Self {
+        Self { operation, method: Method::GET, url, body: None, idempotency_key: None }
     }
 }
 
@@ -166,7 +184,8 @@ impl RevenueCat for RevenueCatHttp {
         budget: &Budget,
     ) -> Result<Vec<Currency>, RcError> {
         let url = self.url(creds, None, "/virtual_currencies").map_err(Failure::into_generic)?;
-        let items = self.get_all_pages(creds, url, budget).await.map_err(Failure::into_generic)?;
+        let items =
+            self.get_all_pages(creds, url, budget, "list_currencies").await.map_err(Failure::into_generic)?;
         items
             .into_iter()
             .map(|item| serde_json::from_value::<RcCurrency>(item).map(RcCurrency::flatten))
@@ -185,7 +204,8 @@ impl RevenueCat for RevenueCatHttp {
             self.url(creds, Some(customer_id), "/virtual_currencies").map_err(Failure::into_generic)?;
         url.query_pairs_mut()
             .append_pair("include_empty_balances", if include_empty { "true" } else { "false" });
-        let items = self.get_all_pages(creds, url, budget).await.map_err(Failure::into_customer)?;
+        let items =
+            self.get_all_pages(creds, url, budget, "balances").await.map_err(Failure::into_customer)?;
         parse_balances(items).map_err(Failure::into_generic)
     }
 
@@ -205,7 +225,17 @@ impl RevenueCat for RevenueCatHttp {
         url.query_pairs_mut().append_pair("include_empty_balances", "true");
         let body = json!({ "adjustments": { &tx.currency: tx.amount }, "reference": tx.reference });
         let answer = self
-            .send(creds, Method::POST, url, Some(&body), Some(&tx.idempotency_key), budget)
+            .send(
+                creds,
+                RcCall {
+                    operation: "transaction",
+                    method: Method::POST,
+                    url,
+                    body: Some(&body),
+                    idempotency_key: Some(&tx.idempotency_key),
+                },
+                budget,
+            )
             .await
             .map_err(|failure| failure.into_transaction(tx.amount))?;
         // From here on the transaction is applied: a failure reading the
@@ -225,8 +255,10 @@ impl RevenueCat for RevenueCatHttp {
             // A currency deducted to zero may be missing from the list.
             return Ok(0);
         };
-        let rest =
-            self.get_all_pages(creds, with_cursor(&balances_url, &cursor), budget).await.map_err(unknown)?;
+        let rest = self
+            .get_all_pages(creds, with_cursor(&balances_url, &cursor), budget, "balances")
+            .await
+            .map_err(unknown)?;
         let rest = parse_balances(rest).map_err(unknown)?;
         Ok(rest.iter().find(|b| b.currency_code == tx.currency).map_or(0, |b| b.balance))
     }

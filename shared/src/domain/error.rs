@@ -35,6 +35,11 @@ pub enum ApiError {
     InvalidReason,
     UnknownCurrency,
     InvalidIdempotencyKey,
+    InvalidActor,
+    InvalidLimit,
+    InvalidCursor,
+    /// The ledger could not be read (DynamoDB unusable).
+    LedgerUnavailable,
     RateLimited {
         retry_after: Duration,
     },
@@ -54,9 +59,10 @@ impl ApiError {
     pub fn status(&self) -> StatusCode {
         use ApiError::*;
         match self {
-            AdminUnconfigured(_) | SecretStoreUnavailable | IdempotencyStoreUnavailable => {
-                StatusCode::SERVICE_UNAVAILABLE
-            }
+            AdminUnconfigured(_)
+            | SecretStoreUnavailable
+            | IdempotencyStoreUnavailable
+            | LedgerUnavailable => StatusCode::SERVICE_UNAVAILABLE,
             MissingBearer => StatusCode::UNAUTHORIZED,
             InvalidAdminSecret => StatusCode::FORBIDDEN,
             NotFound | RcCustomerNotFound => StatusCode::NOT_FOUND,
@@ -71,6 +77,9 @@ impl ApiError {
             | InvalidReason
             | UnknownCurrency
             | InvalidIdempotencyKey
+            | InvalidActor
+            | InvalidLimit
+            | InvalidCursor
             | IdempotencyKeyReused => StatusCode::UNPROCESSABLE_ENTITY,
             RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
             IdempotencyKeyInProgress { .. } | InsufficientBalance => StatusCode::CONFLICT,
@@ -99,6 +108,10 @@ impl ApiError {
             InvalidReason => "invalid_reason",
             UnknownCurrency => "unknown_currency",
             InvalidIdempotencyKey => "invalid_idempotency_key",
+            InvalidActor => "invalid_actor",
+            InvalidLimit => "invalid_limit",
+            InvalidCursor => "invalid_cursor",
+            LedgerUnavailable => "ledger_unavailable",
             RateLimited { .. } => "rate_limited",
             IdempotencyKeyReused => "idempotency_key_reused",
             IdempotencyKeyInProgress { .. } => "idempotency_key_in_progress",
@@ -124,6 +137,9 @@ impl ApiError {
             InvalidAmount => Some("an integer with |amount| <= 1000000000".into()),
             InvalidReason => Some("3-500 characters after trimming".into()),
             InvalidIdempotencyKey => Some("1-200 characters; header and body must agree".into()),
+            InvalidActor => Some("1-200 characters without control characters".into()),
+            InvalidLimit => Some("an integer from 1 to 100".into()),
+            InvalidCursor => Some("use next_cursor of the previous page of the same user".into()),
             RcCallFailed(kind) => Some(kind.clone()),
             _ => None,
         };

@@ -3,6 +3,7 @@
 
 pub mod envelope;
 pub mod error;
+pub mod ledger;
 pub mod rate_limit;
 pub mod validation;
 

@@ -14,6 +14,7 @@ pub const MAX_USER_ID_CHARS: usize = 200;
 pub const MAX_ABS_AMOUNT: i64 = 1_000_000_000;
 pub const REASON_CHARS: std::ops::RangeInclusive<usize> = 3..=500;
 pub const MAX_IDEMPOTENCY_KEY_CHARS: usize = 200;
+pub const MAX_ACTOR_CHARS: usize = 200;
 pub const DEFAULT_CURRENCY: &str = "CRD";
 /// Bodies are a few hundred bytes; anything far larger is a mistake or an attack.
 pub const MAX_BODY_BYTES: usize = 16 * 1024;
@@ -69,6 +70,8 @@ pub struct Adjustment {
     pub reason: String,
     pub currency: String,
     pub idempotency_key: Option<String>,
+    /// Who is acting (e.g. the staff member's email): recorded, not fingerprinted.
+    pub actor: Option<String>,
 }
 
 impl Adjustment {
@@ -106,7 +109,13 @@ impl Adjustment {
             (body, header) => body.or(header),
         };
 
-        Ok(Self { user_id, amount, reason, currency, idempotency_key })
+        let actor = match field("actor") {
+            None | Some(Value::Null) => None,
+            Some(Value::String(actor)) => Some(parse_actor(actor)?),
+            Some(_) => return Err(ApiError::InvalidActor),
+        };
+
+        Ok(Self { user_id, amount, reason, currency, idempotency_key, actor })
     }
 
     /// What makes two requests "the same adjustment" for idempotency: a key
@@ -118,7 +127,17 @@ impl Adjustment {
     }
 }
 
-const KNOWN_FIELDS: [&str; 5] = ["user_id", "amount", "reason", "currency", "idempotency_key"];
+const KNOWN_FIELDS: [&str; 6] = ["user_id", "amount", "reason", "currency", "idempotency_key", "actor"];
+
+/// `actor`: 1-200 characters, no control characters (it lands in CSV exports and log lines).
+pub fn parse_actor(raw: &str) -> Result<String, ApiError> {
+    let chars = raw.chars().count();
+    if (1..=MAX_ACTOR_CHARS).contains(&chars) && !raw.chars().any(char::is_control) {
+        Ok(raw.to_owned())
+    } else {
+        Err(ApiError::InvalidActor)
+    }
+}
 
 fn parse_amount(value: Option<&Value>) -> Result<i64, ApiError> {
     let amount = value.and_then(Value::as_number).and_then(whole_number).ok_or(ApiError::InvalidAmount)?;

@@ -12,8 +12,10 @@ use crate::app::App;
 use crate::budget::{Budget, MIN_GATEWAY_CALL, MIN_REVENUECAT_CALL, MIN_STORE_CALL};
 use crate::clock;
 use crate::config::Function;
+use crate::domain::ledger::{EntryStatus, Origin};
 use crate::domain::{Adjustment, ApiError, UsageChanged};
 use crate::http::{json_ok, ApiRequest, Endpoint};
+use crate::metrics;
 use crate::ports::{
     AdmissionRef, ClaimOutcome, NewClaim, PendingClaim, QueuedEnvelope, RcError, Transaction,
 };
@@ -101,6 +103,7 @@ impl Endpoint for AdjustCredits {
             Ok(ClaimOutcome::Claimed(claim)) => (*claim, true),
             Ok(ClaimOutcome::Completed { response }) => {
                 audit.log("replayed", None);
+                metrics::adjustment("replayed");
                 return replay(&response);
             }
             Ok(ClaimOutcome::InProgress { lease_until_ms }) => {
@@ -125,7 +128,7 @@ impl Endpoint for AdjustCredits {
             }
         };
         let started = Instant::now();
-        let outcome = settle(app, secret, &claim, recorded, &request.budget).await;
+        let outcome = settle(app, secret, &claim, recorded, Origin::Api, &request.budget).await;
         let latency = Some(started.elapsed());
         match outcome {
             Ok(result) => {
@@ -134,6 +137,8 @@ impl Endpoint for AdjustCredits {
             }
             Err(error) => {
                 audit.log(&outcome_label(&error), latency);
+                let unknown = matches!(error, RcError::OutcomeUnknown { .. });
+                metrics::adjustment(if unknown { "outcome_unknown" } else { "rejected" });
                 Err(error.into())
             }
         }
@@ -152,11 +157,16 @@ pub struct Claim {
 ///   (or queued in the outbox when the gateway does not take it);
 /// - definitely rejected → the claim is released so a retry may run;
 /// - outcome unknown → the claim stays, to be settled once its lease lapses.
+///
+/// The ledger follows: the applied entry is written with the completion
+/// record, an unknown outcome is listed as pending at once, and a pending
+/// entry that RevenueCat then refused becomes rejected.
 pub(crate) async fn settle(
     app: &App,
     secret: &AdminSecret,
     claim: &PendingClaim,
     recorded: bool,
+    origin: Origin,
     budget: &Budget,
 ) -> Result<AdjustResult, RcError> {
     let transaction = &claim.transaction;
@@ -166,10 +176,29 @@ pub(crate) async fn settle(
     let balance = match sent.await {
         Ok(balance) => balance,
         Err(error) => {
-            if recorded && !matches!(error, RcError::OutcomeUnknown { .. }) {
+            let definite = !matches!(error, RcError::OutcomeUnknown { .. });
+            if recorded && definite {
                 if let Err(store_error) = app.idempotency.release(&claim.record_key, budget).await {
                     // The lease will lapse and reconciliation will find RevenueCat rejects it again.
                     tracing::error!(record = %claim.record_key, %store_error, "could not release a rejected claim");
+                }
+            }
+            // A first attempt refused outright changed nothing and has no
+            // entry; only an entry listed as pending turns into rejected.
+            let entry = match definite {
+                true if claim.attempts > 1 => Some(claim.ledger_entry(
+                    EntryStatus::Rejected,
+                    origin,
+                    None,
+                    Some(error.kind().to_owned()),
+                )),
+                true => None,
+                false => Some(claim.ledger_entry(EntryStatus::Pending, origin, None, None)),
+            };
+            if let Some(entry) = entry {
+                if let Err(store_error) = budget.try_run(app.ledger.record(&entry, budget)).await {
+                    tracing::error!(record = %claim.record_key, %store_error, status = entry.status.as_str(),
+                        "could not write the ledger entry");
                 }
             }
             return Err(error);
@@ -193,14 +222,23 @@ pub(crate) async fn settle(
         SystemTime::now(),
     );
     // Stored with `notified: false`: a replay sends no envelope.
+    metrics::adjustment("applied");
+    metrics::credits(&transaction.currency, transaction.amount);
     let stored = serde_json::to_string(&result).expect("results serialise");
+    let entry = claim.ledger_entry(EntryStatus::Applied, origin, Some(balance), None);
     let record = async {
         if recorded {
-            if let Err(error) = app.idempotency.complete(&claim.record_key, &stored, budget).await {
+            if let Err(error) =
+                budget.try_run(app.idempotency.complete(&claim.record_key, &stored, &entry, budget)).await
+            {
                 // Reconciliation will re-send the same transaction (RevenueCat
-                // replays it) and store the answer then.
+                // replays it) and store the answer and the entry then.
                 tracing::error!(record = %claim.record_key, %error, "could not record a completed adjustment");
             }
+        } else if let Err(error) = budget.try_run(app.ledger.record(&entry, budget)).await {
+            // No claim to settle it later: say everything the ledger would have said.
+            tracing::error!(entry = %serde_json::to_string(&entry).unwrap_or_default(), %error,
+                "an unrecorded adjustment is missing from the ledger");
         }
     };
     let ((), notified) = tokio::join!(record, deliver(app, secret, &envelope, budget));
@@ -227,6 +265,10 @@ pub(crate) async fn deliver(
             let queued =
                 QueuedEnvelope { envelope: envelope.clone(), attempts: 1, next_attempt_ms: clock::now_ms() };
             let enqueued = budget.try_run(app.outbox.enqueue(&queued, expires_at, budget)).await;
+            match &enqueued {
+                Ok(()) => metrics::envelope_queued(),
+                Err(_) => metrics::envelope_lost(),
+            }
             if let Err(store_error) = enqueued {
                 tracing::error!(
                     envelope = %serde_json::to_string(envelope).unwrap_or_default(),
@@ -240,6 +282,7 @@ pub(crate) async fn deliver(
 }
 
 fn new_claim(adjustment: &Adjustment, lease_until_ms: u64, admission: AdmissionRef) -> NewClaim {
+    let created_ms = clock::now_ms();
     let record_key = match &adjustment.idempotency_key {
         Some(key) => format!("client#{key}"),
         None => format!("auto#{}", uuid::Uuid::new_v4()),
@@ -258,8 +301,10 @@ fn new_claim(adjustment: &Adjustment, lease_until_ms: u64, admission: AdmissionR
         },
         envelope_id: uuid::Uuid::new_v4().to_string(),
         lease_until_ms,
-        expires_at: clock::now_secs() + RECORD_TTL.as_secs(),
+        expires_at: created_ms / 1000 + RECORD_TTL.as_secs(),
         admission,
+        created_ms,
+        actor: adjustment.actor.clone(),
     }
 }
 
@@ -309,6 +354,7 @@ impl Audit<'_> {
             currency = %self.adjustment.currency,
             reason = %self.adjustment.reason,
             idempotency_key = self.adjustment.idempotency_key.as_deref().unwrap_or(""),
+            actor = self.adjustment.actor.as_deref().unwrap_or(""),
             outcome,
             rc_latency_ms = rc_latency.map(|d| d.as_millis() as u64),
             "adjustment"
