@@ -7,7 +7,8 @@
 //! BENCH_BIN_DIR=/some/dir cargo run --release -p credits-bench -- --no-build --out /tmp/other.md
 //! ```
 //!
-//! Builds the release binaries of the three functions and of `hello-floor`
+//! Installs the test tools (`scripts/setup-test-env.sh`: moto's server in
+//! `.venv`), builds the release binaries of the three functions and of `hello-floor`
 //! (the floor), then runs each as its own process under testkit's Runtime API
 //! emulator against moto, the RevenueCat sandbox and the gateway stand-in, all
 //! behind recording latency proxies. See docs/performance.md for what is
@@ -62,12 +63,16 @@ async fn refill_quota() {
 const WARM_UP: usize = 5;
 /// Accept any HTTP status (warm-up requests that are meant to fail).
 const ANY_STATUS: u16 = 0;
+/// Entries per ledger page in the ledger read (the route's default is 50).
+const LEDGER_PAGE: usize = 25;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Endpoint {
     Floor,
     Currencies,
     Balances,
+    /// The newest page of a customer's ledger ([`LEDGER_PAGE`] entries).
+    Ledger,
     AdjustNoKey,
     AdjustWithKey,
 }
@@ -77,7 +82,7 @@ impl Endpoint {
         match self {
             Endpoint::Floor => FLOOR,
             Endpoint::Currencies => "list-currencies",
-            Endpoint::Balances => "get-balances",
+            Endpoint::Balances | Endpoint::Ledger => "get-balances",
             Endpoint::AdjustNoKey | Endpoint::AdjustWithKey => "adjust-credits",
         }
     }
@@ -87,6 +92,7 @@ impl Endpoint {
             Endpoint::Floor => "floor (echo)",
             Endpoint::Currencies => "currencies, list cached",
             Endpoint::Balances => "balances",
+            Endpoint::Ledger => "ledger, page of 25",
             Endpoint::AdjustNoKey => "adjust without key",
             Endpoint::AdjustWithKey => "adjust with key",
         }
@@ -96,7 +102,7 @@ impl Endpoint {
         match self {
             Endpoint::Floor => None,
             Endpoint::Currencies => Some(1),
-            Endpoint::Balances => Some(2),
+            Endpoint::Balances | Endpoint::Ledger => Some(2),
             Endpoint::AdjustNoKey | Endpoint::AdjustWithKey => Some(3),
         }
     }
@@ -138,10 +144,16 @@ fn main() -> ExitCode {
         return ExitCode::FAILURE;
     }
     let samples = if args.iter().any(|a| a == "--quick") {
-        Samples { warm: 30, cold: 3, cold_slow: 1, cache_cold: 5, probes: 2 }
+        Samples { warm: 30, cold: 3, cold_slow: 1, cache_cold: 5, probes: 2, tls_warm: 2 }
     } else {
-        Samples { warm: 200, cold: 10, cold_slow: 3, cache_cold: 20, probes: 5 }
+        Samples { warm: 200, cold: 10, cold_slow: 3, cache_cold: 20, probes: 5, tls_warm: 3 }
     };
+    // moto (DynamoDB, Secrets Manager) runs from .venv, which a fresh clone
+    // does not have until this (idempotent, well under a second when done).
+    if let Err(e) = setup_test_env(&root) {
+        eprintln!("credits-bench: {e}");
+        return ExitCode::FAILURE;
+    }
     if !args.iter().any(|a| a == "--no-build") {
         if let Err(e) = build(&root) {
             eprintln!("credits-bench: {e}");
@@ -155,6 +167,22 @@ fn main() -> ExitCode {
             eprintln!("credits-bench: {e}");
             ExitCode::FAILURE
         }
+    }
+}
+
+/// Installs what the stack needs (moto's server in `.venv`) with the same
+/// script the tests use.
+fn setup_test_env(root: &Path) -> Result<(), String> {
+    let script = root.join("scripts").join("setup-test-env.sh");
+    eprintln!("credits-bench: {}", script.display());
+    let status = Command::new(&script)
+        .current_dir(root)
+        .status()
+        .map_err(|e| format!("could not run {}: {e}", script.display()))?;
+    if status.success() {
+        Ok(())
+    } else {
+        Err(format!("{} failed ({status}); moto cannot start without it", script.display()))
     }
 }
 
@@ -316,6 +344,7 @@ async fn run(root: PathBuf, out: PathBuf, samples: Samples) -> Result<(), String
                 cold_capped: Vec::new(),
                 cold_slow: Vec::new(),
                 cold_tls: Vec::new(),
+                warm_tls: Vec::new(),
                 warm_rss_kib: None,
             }
         })
@@ -345,15 +374,15 @@ async fn run(root: PathBuf, out: PathBuf, samples: Samples) -> Result<(), String
     bench.recorder.set_delay(Duration::ZERO);
     let mut tls_note = tls_note;
     if let Some(env_tls) = &bench.env_tls {
-        // A trial first: functions that trust only the roots compiled into
-        // them refuse the local CA, and then there is nothing to measure.
+        // A trial first: a function that does not trust the local CA (or
+        // fails over TLS otherwise) leaves nothing to measure.
         for b in binaries.iter().skip(1) {
             if let Err(e) = bench.cold_sample(b.name, bench.free.as_ref(), env_tls).await {
                 let first_line = e.lines().next().unwrap_or_default();
                 tls_note = Some(format!(
-                    "a function refused the benchmark's local CA on one of its upstreams (the functions trust \
-                     the roots compiled into them, plus those of a PEM file named by `{}` where they honour \
-                     it, which the benchmark sets for these runs); first failure, {}: {}",
+                    "a function failed over TLS (it should trust the benchmark's local CA through `{}`, \
+                     which the benchmark sets for these runs, on top of the roots compiled into it); first \
+                     failure, {}: {}",
                     tls::EXTRA_ROOTS_VAR,
                     b.name,
                     first_line.chars().take(300).collect::<String>()
@@ -383,6 +412,7 @@ async fn run(root: PathBuf, out: PathBuf, samples: Samples) -> Result<(), String
             };
             for b in binaries.iter_mut() {
                 b.cold_tls.push((memory, Vec::new()));
+                b.warm_tls.push((memory, Vec::new()));
             }
             for _ in 0..n {
                 for b in binaries.iter_mut() {
@@ -392,9 +422,12 @@ async fn run(root: PathBuf, out: PathBuf, samples: Samples) -> Result<(), String
                     if memory.is_some() {
                         refill_quota().await;
                     }
-                    let env = if b.name == FLOOR { &bench.env } else { env_tls };
-                    let sample = bench.cold_sample(b.name, cgroup, env).await?;
+                    let (env, warm) =
+                        if b.name == FLOOR { (&bench.env, 0) } else { (env_tls, samples.tls_warm) };
+                    let (sample, warm) =
+                        bench.cold_then_warm(b.name, cgroup, env, warm, memory.is_some()).await?;
                     b.cold_tls.last_mut().expect("pushed above").1.push(sample);
+                    b.warm_tls.last_mut().expect("pushed above").1.extend(warm);
                 }
             }
         }
@@ -409,13 +442,15 @@ async fn run(root: PathBuf, out: PathBuf, samples: Samples) -> Result<(), String
         }
     }
 
-    // Warm requests: one long-lived instance per binary.
+    // Warm requests: one long-lived instance per binary. Adjust runs before
+    // get-balances so that the ledger page read there is a full one (every
+    // adjustment above left an entry for the same customer).
     let mut endpoints = Vec::new();
     let groups: [(&str, &[Endpoint]); 4] = [
         (FLOOR, &[Endpoint::Floor]),
         ("list-currencies", &[Endpoint::Currencies]),
-        ("get-balances", &[Endpoint::Balances]),
         ("adjust-credits", &[Endpoint::AdjustNoKey, Endpoint::AdjustWithKey]),
+        ("get-balances", &[Endpoint::Balances, Endpoint::Ledger]),
     ];
     for (binary, group) in groups {
         eprintln!("credits-bench: warm requests, {binary}");
@@ -485,6 +520,10 @@ impl Bench {
             Endpoint::Balances => {
                 self.stack.get(&format!("/admin/credits/balances/{}", credits_testkit::stack::DEMO_USER))
             }
+            Endpoint::Ledger => self.stack.get(&format!(
+                "/admin/credits/ledger/{}?limit={LEDGER_PAGE}",
+                credits_testkit::stack::DEMO_USER
+            )),
             Endpoint::AdjustNoKey => self.stack.adjust(amount, None),
             Endpoint::AdjustWithKey => {
                 self.stack.adjust(amount, Some(&format!("bench-{}", uuid::Uuid::new_v4().simple())))
@@ -523,6 +562,20 @@ impl Bench {
         cgroup: Option<&Cgroup>,
         env: &[(String, String)],
     ) -> Result<ColdSample, String> {
+        Ok(self.cold_then_warm(binary, cgroup, env, 0, false).await?.0)
+    }
+
+    /// [`Bench::cold_sample`], then `warm` more requests to the same
+    /// instance, each with a full CPU quota when `capped` (as for requests
+    /// seconds apart); returns their latencies too.
+    async fn cold_then_warm(
+        &self,
+        binary: &str,
+        cgroup: Option<&Cgroup>,
+        env: &[(String, String)],
+        warm: usize,
+        capped: bool,
+    ) -> Result<(ColdSample, Vec<Duration>), String> {
         let endpoint = Endpoint::of_binary(binary);
         let emulator = RuntimeApiEmulator::start().await;
         let relay = Relay::start(emulator.address()).await.map_err(s)?;
@@ -552,7 +605,17 @@ impl Bench {
         if std::env::var_os("BENCH_VERBOSE").is_some() {
             eprintln!("  {:<16} {sample:?}", endpoint.binary());
         }
-        Ok(sample)
+        let mut latencies = Vec::with_capacity(warm);
+        for i in 0..warm {
+            if capped {
+                refill_quota().await;
+            }
+            let start = Instant::now();
+            let outcome = emulator.invoke(self.call(endpoint, i + 1).http_api_event()).await;
+            latencies.push(start.elapsed());
+            Self::check(endpoint, 200, &outcome, &process)?;
+        }
+        Ok((sample, latencies))
     }
 
     /// [`FnProcess::spawn`] on a blocking thread (it waits for the fork).

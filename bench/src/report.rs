@@ -51,6 +51,8 @@ pub struct Samples {
     pub cold_slow: usize,
     pub cache_cold: usize,
     pub probes: usize,
+    /// Warm requests after each TLS cold start (for the cost table).
+    pub tls_warm: usize,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -92,6 +94,8 @@ pub struct BinaryResult {
     /// Cold starts over TLS by memory size (`None`: unthrottled). For the
     /// floor, which makes no upstream calls, plain runs at the same caps.
     pub cold_tls: Vec<(Option<u32>, Vec<ColdSample>)>,
+    /// Warm request latencies after the TLS cold starts, by memory size.
+    pub warm_tls: Vec<(Option<u32>, Vec<Duration>)>,
     /// `VmHWM` of the instance that served every warm request.
     pub warm_rss_kib: Option<u64>,
 }
@@ -238,6 +242,24 @@ fn cold_round_trips(b: &BinaryResult) -> String {
     }
 }
 
+/// Lambda arm64 (us-east-1): dollars per GB-second of billed duration.
+pub const PRICE_GB_S: f64 = 0.0000133334;
+/// Lambda: dollars per million requests.
+pub const PRICE_PER_M_REQUESTS: f64 = 0.20;
+
+/// Billed milliseconds: rounded up to the next millisecond.
+fn billed_ms(d: Duration) -> f64 {
+    (d.as_secs_f64() * 1e3).ceil().max(1.0)
+}
+
+/// Dollars per million requests at `memory_mb`, when a share `cold_share` of
+/// them is a cold start billed `cold_ms` and the rest warm ones billed `warm_ms`.
+pub fn cost_per_million(memory_mb: u32, warm_ms: f64, cold_ms: f64, cold_share: f64) -> f64 {
+    let gb = f64::from(memory_mb) / 1024.0;
+    let seconds = ((1.0 - cold_share) * warm_ms + cold_share * cold_ms) / 1e3;
+    PRICE_PER_M_REQUESTS + 1e6 * gb * seconds * PRICE_GB_S
+}
+
 // ---------------------------------------------------------------- rendering
 
 impl Results {
@@ -248,6 +270,9 @@ impl Results {
         self.render_targets(&mut out);
         self.render_startup(&mut out);
         self.render_tls_cold(&mut out);
+        if self.tls_note.is_none() {
+            self.render_cost(&mut out);
+        }
         self.render_warm(&mut out);
         self.render_tls(&mut out);
         let _ = writeln!(out, "{ANALYSIS_MARKER}");
@@ -551,9 +576,9 @@ impl Results {
         let _ = writeln!(
             out,
             "The same cold starts with every upstream reached over HTTPS: the proxies also terminate TLS \
-             (RSA 2048 chain from a local CA, rustls + aws-lc-rs on both sides) and the functions get \
-             `SSL_CERT_FILE` = the system bundle plus that CA and `SSL_CERT_DIR` = `/etc/ssl/certs`, so they \
-             read a root store as large as usual. This is what a first request in AWS pays in CPU; the \
+             (RSA 2048 chain from a local CA, rustls + aws-lc-rs on both sides) and the functions trust that \
+             CA through `CREDITS_EXTRA_ROOTS_FILE`, on top of the roots compiled into them (which are all they \
+             trust in AWS). This is what a first request in AWS pays in CPU; the \
              network round trips of TCP and TLS set-up (about 1 ms each in-region) are not included. Cells \
              are medians of init / cold request; the memory sizes are CPU caps at MB ÷ 1769 of a vCPU \
              (128 MB: the issue's 7 ms per 100 ms). The floor makes no upstream calls: its row is plain \
@@ -584,6 +609,65 @@ impl Results {
                 cells.join(" | "),
                 fmt_ms(Cold::of(unthrottled).cpu)
             );
+        }
+        let _ = writeln!(out);
+    }
+
+    fn render_cost(&self, out: &mut String) {
+        let Some(first) = self.functions().first() else { return };
+        let memories: Vec<u32> = first.cold_tls.iter().filter_map(|(m, _)| *m).collect();
+        if memories.is_empty() {
+            return;
+        }
+        let _ = writeln!(
+            out,
+            "### Cost per million requests, by memory size\n\n\
+             Lambda arm64 prices (us-east-1): ${PRICE_GB_S} per GB-second and ${PRICE_PER_M_REQUESTS:.2} per \
+             million requests; billed duration rounded up to the next millisecond. A warm request is billed for \
+             its duration (median of the {tls_warm} requests after each cold start above, on the same \
+             instance over TLS with its connections open, each with a full CPU quota as for requests seconds \
+             apart); a cold start for init plus its first request (custom runtimes such as `provided.al2023` are \
+             billed for init), i.e. the cold request above. Durations are this machine's, with upstreams on \
+             loopback (≈ 1–3 ms per call, moto being the slowest): in AWS every upstream call adds its network \
+             and service time to every row alike, which adds cost in proportion to memory (each 10 ms of \
+             waiting costs ${wait:.3} per million requests per GB). \"10 % cold\" assumes one request in ten \
+             starts an instance.\n",
+            PRICE_GB_S = PRICE_GB_S,
+            PRICE_PER_M_REQUESTS = PRICE_PER_M_REQUESTS,
+            tls_warm = self.samples.tls_warm,
+            wait = PRICE_GB_S * 0.010 * 1e6,
+        );
+        let _ = writeln!(
+            out,
+            "| Function | Memory (vCPU share) | Cold request | Warm request p50 | $ per 1M, all warm | $ per 1M, 10 % cold | $ per 1M, all cold |\n\
+             |---|---|---|---|---|---|---|"
+        );
+        for b in self.functions() {
+            for &mb in &memories {
+                let cold = b.cold_tls.iter().find(|(m, _)| *m == Some(mb)).map_or(&[][..], |(_, s)| s);
+                let warm = b.warm_tls.iter().find(|(m, _)| *m == Some(mb)).map_or(&[][..], |(_, s)| s);
+                let cold = Cold::of(cold).response;
+                let warm = median(warm.iter().copied());
+                let cost = |cold_share: f64| -> String {
+                    match (warm, cold) {
+                        (Some(w), Some(c)) => {
+                            format!("{:.3}", cost_per_million(mb, billed_ms(w), billed_ms(c), cold_share))
+                        }
+                        _ => "–".into(),
+                    }
+                };
+                let _ = writeln!(
+                    out,
+                    "| `{}` | {mb} MB ({:.3}) | {} | {} | {} | {} | {} |",
+                    b.name,
+                    f64::from(mb) / 1769.0,
+                    fmt_ms(cold),
+                    fmt_ms(warm),
+                    cost(0.0),
+                    cost(0.1),
+                    cost(1.0),
+                );
+            }
         }
         let _ = writeln!(out);
     }

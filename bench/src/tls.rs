@@ -155,9 +155,9 @@ impl Certs {
     }
 }
 
-/// A PEM file of extra roots for functions that otherwise trust only the
-/// roots compiled into them. Not read by the functions unless they implement
-/// it; without it their TLS cold starts cannot be measured against a local CA.
+/// A PEM file of extra roots the functions trust on top of the roots compiled
+/// into them (`credits::tls::EXTRA_ROOTS_VAR`); how the TLS cold starts make
+/// them trust the local CA.
 pub const EXTRA_ROOTS_VAR: &str = "CREDITS_EXTRA_ROOTS_FILE";
 
 const SYSTEM_BUNDLE: &str = "/etc/ssl/certs/ca-certificates.crt";

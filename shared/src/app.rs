@@ -72,11 +72,7 @@ impl App {
 
     /// Production wiring from the environment (spec §2).
     pub async fn from_env() -> Arc<Self> {
-        let aws = aws_config::defaults(aws_config::BehaviorVersion::latest())
-            .http_client(crate::tls::aws_http_client())
-            .load()
-            .await;
-        Self::from_config(Config::from_env(), &aws)
+        Self::from_config(Config::from_env(), &crate::lambda::sdk_config().await)
     }
 
     /// Production adapters for `config`, with AWS clients built from `aws`.

@@ -2,41 +2,111 @@
 //! read the system certificate store at start-up (about 3 ms each, measured in
 //! docs/performance.md), which is most of a cold start's own time.
 
+use std::path::Path;
+use std::sync::OnceLock;
+
 use aws_smithy_http_client::tls::{self, rustls_provider::CryptoMode, TlsContext, TrustStore};
 use base64::Engine;
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::CertificateDer;
 
 /// The roots behind AWS service endpoints (Amazon Trust Services, and the
-/// Starfield root that cross-signs them).
-fn is_aws_root(der: &[u8]) -> bool {
-    let contains = |needle: &[u8]| der.windows(needle.len()).any(|w| w == needle);
-    contains(b"Amazon Root CA") || contains(b"Starfield Services Root Certificate Authority")
+/// Starfield root that cross-signs them), out of the ~150 bundled ones.
+///
+/// `memmem` (SIMD substring search) because this runs on every cold start
+/// over the whole bundle (~200 KB): the naive `windows(..).any(..)` it
+/// replaces cost ≈ 1.2 ms of CPU there, a fifth of a cold start's
+/// (docs/performance.md).
+fn aws_roots() -> impl Iterator<Item = &'static [u8]> {
+    let amazon = memchr::memmem::Finder::new(b"Amazon Root CA");
+    let starfield = memchr::memmem::Finder::new(b"Starfield Services Root Certificate Authority");
+    webpki_root_certs::TLS_SERVER_ROOT_CERTS
+        .iter()
+        .map(|c| c.as_ref())
+        .filter(move |der| amazon.find(der).is_some() || starfield.find(der).is_some())
 }
 
-/// PEM certificates to trust in addition to the bundled roots, from the file
-/// named by `CREDITS_EXTRA_ROOTS_FILE` (a TLS-intercepting proxy, a local
-/// TLS test server). Read only when the variable is set.
-fn extra_roots_pem() -> Option<Vec<u8>> {
-    let path = std::env::var_os("CREDITS_EXTRA_ROOTS_FILE")?;
-    match std::fs::read(&path) {
-        Ok(pem) => Some(pem),
+/// Names a PEM file of certificates to trust in addition to the bundled
+/// roots, by every HTTPS client (AWS SDK, RevenueCat, gateway): a
+/// TLS-intercepting proxy's CA, a local TLS test server's.
+pub const EXTRA_ROOTS_VAR: &str = "CREDITS_EXTRA_ROOTS_FILE";
+
+/// The usable certificates of the file named by [`EXTRA_ROOTS_VAR`], read
+/// once per process (the first client built reads it; problems are logged
+/// once). Empty when the variable is unset.
+fn extra_roots() -> &'static [CertificateDer<'static>] {
+    static ROOTS: OnceLock<Vec<CertificateDer<'static>>> = OnceLock::new();
+    ROOTS.get_or_init(|| match std::env::var_os(EXTRA_ROOTS_VAR) {
+        Some(path) => read_extra_roots(Path::new(&path)),
+        None => Vec::new(),
+    })
+}
+
+/// The certificates in the PEM file at `path` that can serve as trust
+/// anchors. Never fails: an unreadable file, a PEM syntax error, a
+/// certificate that cannot be parsed, or a file without any certificate is
+/// logged at ERROR and adds nothing (or only the certificates that are
+/// usable), so a bad file degrades to the bundled roots instead of
+/// stopping the function.
+pub fn read_extra_roots(path: &Path) -> Vec<CertificateDer<'static>> {
+    let shown = path.display();
+    let pem = match std::fs::read(path) {
+        Ok(pem) => pem,
         Err(error) => {
-            tracing::error!(path = %path.to_string_lossy(), %error, "CREDITS_EXTRA_ROOTS_FILE cannot be read");
-            None
+            tracing::error!(path = %shown, %error, "{EXTRA_ROOTS_VAR} cannot be read; no extra roots are trusted");
+            return Vec::new();
+        }
+    };
+    let (roots, problems) = parse_roots(&pem);
+    for problem in &problems {
+        tracing::error!(path = %shown, problem = %problem, "{EXTRA_ROOTS_VAR}: certificate skipped");
+    }
+    if roots.is_empty() {
+        tracing::error!(path = %shown, "{EXTRA_ROOTS_VAR} holds no usable certificate; no extra roots are trusted");
+    } else {
+        tracing::info!(path = %shown, roots = roots.len(), "trusting extra roots from {EXTRA_ROOTS_VAR}");
+    }
+    roots
+}
+
+/// The `CERTIFICATE` sections of `pem` that parse as trust anchors, and a
+/// description of each problem met (parsing stops at a PEM syntax error).
+fn parse_roots(pem: &[u8]) -> (Vec<CertificateDer<'static>>, Vec<String>) {
+    let (mut roots, mut problems) = (Vec::new(), Vec::new());
+    for (index, section) in CertificateDer::pem_slice_iter(pem).enumerate() {
+        let der = match section {
+            Ok(der) => der,
+            Err(error) => {
+                problems.push(format!("PEM syntax error after {index} certificate(s): {error}"));
+                break;
+            }
+        };
+        // What both clients do with a root; a certificate they would refuse
+        // must not reach them (the SDK's client panics on it, reqwest's
+        // builder fails).
+        match rustls::RootCertStore::empty().add(der.clone()) {
+            Ok(()) => roots.push(der),
+            Err(error) => {
+                problems.push(format!("certificate {} is not usable as a root: {error}", index + 1))
+            }
         }
     }
+    (roots, problems)
+}
+
+fn to_pem(der: &[u8]) -> String {
+    let base64 = base64::engine::general_purpose::STANDARD.encode(der);
+    format!("-----BEGIN CERTIFICATE-----\n{base64}\n-----END CERTIFICATE-----\n")
 }
 
 /// The HTTP client for the AWS SDK, trusting only the AWS roots (and any extra ones).
 pub fn aws_http_client() -> aws_smithy_runtime_api::client::http::SharedHttpClient {
     let mut trust = TrustStore::empty().with_native_roots(false);
-    if let Some(pem) = extra_roots_pem() {
-        trust = trust.with_pem_certificate(pem);
+    for root in extra_roots() {
+        trust = trust.with_pem_certificate(to_pem(root));
     }
-    for root in webpki_root_certs::TLS_SERVER_ROOT_CERTS.iter().filter(|c| is_aws_root(c)) {
-        let base64 = base64::engine::general_purpose::STANDARD.encode(root.as_ref());
-        trust = trust.with_pem_certificate(format!(
-            "-----BEGIN CERTIFICATE-----\n{base64}\n-----END CERTIFICATE-----\n"
-        ));
+    for root in aws_roots() {
+        trust = trust.with_pem_certificate(to_pem(root));
     }
     let context =
         TlsContext::builder().with_trust_store(trust).build().expect("static TLS settings are valid");
@@ -46,10 +116,12 @@ pub fn aws_http_client() -> aws_smithy_runtime_api::client::http::SharedHttpClie
         .build_https()
 }
 
-/// Mozilla's root set, for RevenueCat and the gateway (their CAs are not ours to pin).
+/// Mozilla's root set, for RevenueCat and the gateway (their CAs are not ours
+/// to pin), plus any extra roots from [`EXTRA_ROOTS_VAR`].
 pub fn public_roots() -> Vec<reqwest::Certificate> {
     webpki_root_certs::TLS_SERVER_ROOT_CERTS
         .iter()
+        .chain(extra_roots())
         .filter_map(|c| reqwest::Certificate::from_der(c).ok())
         .collect()
 }
@@ -60,8 +132,70 @@ mod tests {
 
     #[test]
     fn the_aws_roots_are_bundled() {
-        let aws = webpki_root_certs::TLS_SERVER_ROOT_CERTS.iter().filter(|c| is_aws_root(c)).count();
-        assert!(aws >= 5, "Amazon Root CA 1-4 and Starfield Services G2, found {aws}");
+        let naive = |der: &[u8], needle: &[u8]| der.windows(needle.len()).any(|w| w == needle);
+        let expected: Vec<&[u8]> = webpki_root_certs::TLS_SERVER_ROOT_CERTS
+            .iter()
+            .map(|c| c.as_ref())
+            .filter(|c| {
+                naive(c, b"Amazon Root CA") || naive(c, b"Starfield Services Root Certificate Authority")
+            })
+            .collect();
+        assert_eq!(aws_roots().collect::<Vec<_>>(), expected);
+        assert!(
+            expected.len() >= 5,
+            "Amazon Root CA 1-4 and Starfield Services G2, found {}",
+            expected.len()
+        );
         assert!(public_roots().len() > 100);
+    }
+
+    fn bundled(i: usize) -> &'static [u8] {
+        webpki_root_certs::TLS_SERVER_ROOT_CERTS[i].as_ref()
+    }
+
+    #[test]
+    fn extra_roots_are_every_certificate_of_the_pem_file() {
+        let pem = format!(
+            "# comment lines and blank lines are fine\n\n{}{}",
+            to_pem(bundled(0)),
+            to_pem(bundled(1))
+        );
+        let (roots, problems) = parse_roots(pem.as_bytes());
+        assert!(problems.is_empty(), "{problems:?}");
+        assert_eq!(roots.iter().map(|r| r.as_ref()).collect::<Vec<_>>(), [bundled(0), bundled(1)]);
+    }
+
+    #[test]
+    fn a_file_without_a_usable_certificate_adds_nothing_and_says_why() {
+        for empty in ["", "not PEM at all", "-----BEGIN PRIVATE KEY-----\nAAAA\n-----END PRIVATE KEY-----\n"]
+        {
+            assert_eq!(parse_roots(empty.as_bytes()), (Vec::new(), Vec::<String>::new()), "{empty:?}");
+        }
+        // A CERTIFICATE section that is not a certificate is skipped, the rest kept.
+        let pem = format!("{}{}", to_pem(b"not DER"), to_pem(bundled(2)));
+        let (roots, problems) = parse_roots(pem.as_bytes());
+        assert_eq!(roots.len(), 1);
+        assert!(problems[0].contains("certificate 1 is not usable"), "{problems:?}");
+        // A section that never ends stops parsing, keeping what came before.
+        let pem = format!("{}-----BEGIN CERTIFICATE-----\nMIIB\n", to_pem(bundled(3)));
+        let (roots, problems) = parse_roots(pem.as_bytes());
+        assert_eq!(roots.len(), 1);
+        assert!(problems[0].contains("PEM syntax error after 1"), "{problems:?}");
+    }
+
+    #[test]
+    fn an_unreadable_or_useless_file_is_not_fatal() {
+        assert!(read_extra_roots(Path::new("/nonexistent/credits-extra-roots.pem")).is_empty());
+        let dir = std::env::temp_dir().join(format!("credits-tls-unit-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let garbage = dir.join("garbage.pem");
+        std::fs::write(&garbage, to_pem(b"garbage")).unwrap();
+        assert!(read_extra_roots(&garbage).is_empty());
+        // Both clients still build (the SDK's would panic on a bad root).
+        let _ = aws_http_client();
+        let good = dir.join("good.pem");
+        std::fs::write(&good, to_pem(bundled(4))).unwrap();
+        assert_eq!(read_extra_roots(&good).len(), 1);
+        let _ = std::fs::remove_dir_all(&dir);
     }
 }
