@@ -175,8 +175,13 @@ fn filtered(headers: &HeaderMap) -> HeaderMap {
 async fn forward(State(proxy): State<Arc<Forwarder>>, request: Request<Body>) -> Response<Body> {
     let start = Instant::now();
     let (parts, body) = request.into_parts();
+    let (method, uri) = (parts.method.clone(), parts.uri.clone());
+    let operation =
+        parts.headers.get("x-amz-target").and_then(|v| v.to_str().ok()).unwrap_or_default().to_owned();
+    let mut steps = [Duration::ZERO; 3];
     let response = async {
         let body = to_bytes(body, MAX_BODY).await.map_err(|e| format!("request body: {e}"))?;
+        steps[0] = start.elapsed();
         let delay = proxy.recorder.delay();
         if !delay.is_zero() {
             tokio::time::sleep(delay).await;
@@ -190,9 +195,11 @@ async fn forward(State(proxy): State<Arc<Forwarder>>, request: Request<Body>) ->
             .send()
             .await
             .map_err(|e| format!("forward to {}: {e}", proxy.target))?;
+        steps[1] = start.elapsed();
         let status = answer.status();
         let headers = filtered(answer.headers());
         let bytes = answer.bytes().await.map_err(|e| format!("upstream body: {e}"))?;
+        steps[2] = start.elapsed();
         let mut response = Response::new(Body::from(bytes));
         *response.status_mut() = status;
         *response.headers_mut() = headers;
@@ -204,9 +211,26 @@ async fn forward(State(proxy): State<Arc<Forwarder>>, request: Request<Body>) ->
         *response.status_mut() = StatusCode::BAD_GATEWAY;
         response
     });
-    proxy.recorder.record(UpstreamCall { service: proxy.service, start, end: Instant::now() });
+    let end = Instant::now();
+    proxy.recorder.record(UpstreamCall { service: proxy.service, start, end });
+    // A call this slow stalls the run's figures; say where it stalled.
+    if end - start > SLOW_CALL {
+        eprintln!(
+            "latency proxy ({}): {method} {uri} {operation} took {:?}: request body read at {:?}, upstream headers at {:?}, \
+             upstream body at {:?} (zero: not reached), answered {}",
+            proxy.service,
+            end - start,
+            steps[0],
+            steps[1],
+            steps[2],
+            response.status()
+        );
+    }
     response
 }
+
+/// Calls slower than this are reported on stderr.
+const SLOW_CALL: Duration = Duration::from_secs(1);
 
 /// Time during which at least one call was in flight within `[from, to]`,
 /// and the number of disjoint groups of overlapping calls (sequential round trips).
