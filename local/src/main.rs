@@ -3,7 +3,6 @@
 //! with embedded defaults for everything AWS and RevenueCat would provide.
 
 mod log_gateway;
-mod memory;
 mod server;
 mod setup;
 

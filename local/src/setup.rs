@@ -5,6 +5,7 @@ use std::sync::Arc;
 
 use credits::adapters::dynamodb::DynamoStore;
 use credits::adapters::gateway::GatewayHttp;
+use credits::adapters::memory::MemoryStore;
 use credits::adapters::revenuecat::RevenueCatHttp;
 use credits::adapters::secrets_manager::StaticSecret;
 use credits::app::{http_client, table_ports, TablePorts};
@@ -15,7 +16,6 @@ use credits::{Adapters, App, Router};
 use credits_sandbox::{RevenueCatSandbox, SandboxServer};
 
 use crate::log_gateway::LogGateway;
-use crate::memory::MemoryStore;
 
 pub struct Local {
     pub router: Router,

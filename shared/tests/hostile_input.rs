@@ -20,6 +20,7 @@ use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 
 use async_trait::async_trait;
+use credits::adapters::memory::MemoryStore;
 use credits::adapters::secrets_manager::StaticSecret;
 use credits::budget::Budget;
 use credits::config::Config;
@@ -726,31 +727,23 @@ const TOKEN: &str = "adm_hostile";
 const MISSING_CUSTOMER: &str = "user_missing";
 const RC_DOWN_CUSTOMER: &str = "user_rc_down";
 
-/// The DynamoDB table, in memory, with the conditional semantics the
-/// adapter relies on (an admission counts unless the window is full; a claim
-/// is created, replayed, refused as reused or reported in progress). What a
-/// table cannot be asked to do on cue, the test sets per request: the table
-/// is unreachable (`down`), or this minute's budget is already spent (`full`).
+/// The DynamoDB table, in memory ([`MemoryStore`]: the conditional semantics
+/// the adapter relies on: a claim is created, replayed, refused as reused or
+/// reported in progress). What a table cannot be asked to do on cue, the test
+/// sets per request: the table is unreachable (`down`), or this minute's
+/// budget is already spent (`full`).
 #[derive(Default)]
 struct Table {
-    state: Mutex<TableState>,
+    store: MemoryStore,
+    conditions: Mutex<TableConditions>,
 }
 
 #[derive(Default)]
-struct TableState {
+struct TableConditions {
     down: bool,
     full: bool,
     admissions: HashMap<String, u32>,
     tickets: HashMap<String, u32>,
-    records: HashMap<String, Record>,
-    outbox: Vec<QueuedEnvelope>,
-    ledger: Vec<LedgerEntry>,
-}
-
-struct Record {
-    fingerprint: String,
-    pending: PendingClaim,
-    response: Option<String>,
 }
 
 impl Table {
@@ -761,25 +754,32 @@ impl Table {
     }
 
     fn set(&self, conditions: Conditions) {
-        let mut state = self.state();
+        let mut state = self.conditions();
         state.down = conditions.table_down;
         state.full = conditions.budget_full;
     }
 
-    fn state(&self) -> std::sync::MutexGuard<'_, TableState> {
-        self.state.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    fn conditions(&self) -> std::sync::MutexGuard<'_, TableConditions> {
+        self.conditions.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
-    /// The state, unless the table is "unreachable".
-    fn reachable(&self) -> Result<std::sync::MutexGuard<'_, TableState>, StoreError> {
-        let state = self.state();
+    /// The counters, unless the table is "unreachable".
+    fn reachable(&self) -> Result<std::sync::MutexGuard<'_, TableConditions>, StoreError> {
+        let state = self.conditions();
         if state.down {
             return Err(StoreError("table unreachable (test double)".into()));
         }
         Ok(state)
     }
+
+    /// The in-memory table, unless it is "unreachable".
+    fn store(&self) -> Result<&MemoryStore, StoreError> {
+        self.reachable().map(|_| &self.store)
+    }
 }
 
+/// The admissions are the test's own: "full" must answer past every limit
+/// without counting, which no real window does on cue.
 #[async_trait]
 impl RateLimitStore for Table {
     async fn count(
@@ -818,27 +818,13 @@ impl RateLimitStore for Table {
 
 #[async_trait]
 impl IdempotencyStore for Table {
-    async fn claim(&self, claim: &NewClaim, now_ms: u64, _: &Budget) -> Result<ClaimOutcome, StoreError> {
-        let mut state = self.reachable()?;
-        let Some(existing) = state.records.get_mut(&claim.record_key) else {
-            let pending = claim.first_attempt();
-            let record =
-                Record { fingerprint: claim.fingerprint.clone(), pending: pending.clone(), response: None };
-            state.records.insert(claim.record_key.clone(), record);
-            return Ok(ClaimOutcome::Claimed(Box::new(pending)));
-        };
-        if existing.fingerprint != claim.fingerprint {
-            return Ok(ClaimOutcome::FingerprintMismatch);
-        }
-        if let Some(response) = &existing.response {
-            return Ok(ClaimOutcome::Completed { response: response.clone() });
-        }
-        if existing.pending.lease_until_ms > now_ms {
-            return Ok(ClaimOutcome::InProgress { lease_until_ms: existing.pending.lease_until_ms });
-        }
-        existing.pending.lease_until_ms = claim.lease_until_ms;
-        existing.pending.attempts += 1;
-        Ok(ClaimOutcome::Claimed(Box::new(existing.pending.clone())))
+    async fn claim(
+        &self,
+        claim: &NewClaim,
+        now_ms: u64,
+        budget: &Budget,
+    ) -> Result<ClaimOutcome, StoreError> {
+        self.store()?.claim(claim, now_ms, budget).await
     }
 
     async fn complete(
@@ -846,109 +832,66 @@ impl IdempotencyStore for Table {
         record_key: &str,
         response: &str,
         entry: &LedgerEntry,
-        _: &Budget,
+        budget: &Budget,
     ) -> Result<(), StoreError> {
-        let mut state = self.reachable()?;
-        if let Some(record) = state.records.get_mut(record_key) {
-            record.response = Some(response.to_owned());
-        }
-        state.ledger.push(entry.clone());
-        Ok(())
+        self.store()?.complete(record_key, response, entry, budget).await
     }
 
-    async fn release(&self, record_key: &str, _: &Budget) -> Result<(), StoreError> {
-        let mut state = self.reachable()?;
-        if state.records.get(record_key).is_some_and(|r| r.response.is_none()) {
-            state.records.remove(record_key);
-        }
-        Ok(())
+    async fn release(&self, record_key: &str, budget: &Budget) -> Result<(), StoreError> {
+        self.store()?.release(record_key, budget).await
     }
 
-    async fn lapsed(&self, now_ms: u64, limit: usize, _: &Budget) -> Result<Lapsed, StoreError> {
-        let state = self.reachable()?;
-        let mut claims: Vec<PendingClaim> = state
-            .records
-            .values()
-            .filter(|r| r.response.is_none() && r.pending.lease_until_ms < now_ms)
-            .map(|r| r.pending.clone())
-            .collect();
-        claims.sort_by_key(|p| p.lease_until_ms);
-        claims.truncate(limit);
-        Ok(Lapsed { claims, unreadable: Vec::new() })
+    async fn lapsed(&self, now_ms: u64, limit: usize, budget: &Budget) -> Result<Lapsed, StoreError> {
+        self.store()?.lapsed(now_ms, limit, budget).await
     }
 
-    async fn renew(&self, claim: &PendingClaim, lease_until_ms: u64, _: &Budget) -> Result<bool, StoreError> {
-        let mut state = self.reachable()?;
-        match state.records.get_mut(&claim.record_key) {
-            Some(r) if r.response.is_none() && r.pending.lease_until_ms == claim.lease_until_ms => {
-                r.pending.lease_until_ms = lease_until_ms;
-                r.pending.attempts += 1;
-                Ok(true)
-            }
-            _ => Ok(false),
-        }
+    async fn renew(
+        &self,
+        claim: &PendingClaim,
+        lease_until_ms: u64,
+        budget: &Budget,
+    ) -> Result<bool, StoreError> {
+        self.store()?.renew(claim, lease_until_ms, budget).await
     }
 }
 
 #[async_trait]
 impl Ledger for Table {
-    async fn record(&self, entry: &LedgerEntry, _: &Budget) -> Result<(), StoreError> {
-        self.reachable()?.ledger.push(entry.clone());
-        Ok(())
+    async fn record(&self, entry: &LedgerEntry, budget: &Budget) -> Result<(), StoreError> {
+        self.store()?.record(entry, budget).await
     }
 
     async fn page(
         &self,
         user_id: &str,
-        _: Option<&str>,
+        after: Option<&str>,
         limit: u32,
-        _: &Budget,
+        budget: &Budget,
     ) -> Result<LedgerPage, StoreError> {
-        let state = self.reachable()?;
-        let entries = state
-            .ledger
-            .iter()
-            .rev()
-            .filter(|e| e.user_id == user_id)
-            .take(limit as usize)
-            .cloned()
-            .collect();
-        Ok(LedgerPage { entries, last_position: None })
+        self.store()?.page(user_id, after, limit, budget).await
     }
 
-    async fn undelivered(
-        &self,
-        ids: &[String],
-        _: &Budget,
-    ) -> Result<std::collections::HashSet<String>, StoreError> {
-        let state = self.reachable()?;
-        Ok(ids
-            .iter()
-            .filter(|id| state.outbox.iter().any(|q| &q.envelope.envelope_id == *id))
-            .cloned()
-            .collect())
+    async fn undelivered(&self, ids: &[String], budget: &Budget) -> Result<HashSet<String>, StoreError> {
+        self.store()?.undelivered(ids, budget).await
     }
 }
 
 #[async_trait]
 impl Outbox for Table {
-    async fn enqueue(&self, queued: &QueuedEnvelope, _: u64, _: &Budget) -> Result<(), StoreError> {
-        self.reachable()?.outbox.push(queued.clone());
-        Ok(())
+    async fn enqueue(&self, queued: &QueuedEnvelope, now_ms: u64, budget: &Budget) -> Result<(), StoreError> {
+        self.store()?.enqueue(queued, now_ms, budget).await
     }
-    async fn due(&self, _: u64, limit: usize, _: &Budget) -> Result<DueEnvelopes, StoreError> {
-        let envelopes = self.reachable()?.outbox.iter().take(limit).cloned().collect();
-        Ok(DueEnvelopes { envelopes, unreadable: Vec::new() })
+    async fn due(&self, now_ms: u64, limit: usize, budget: &Budget) -> Result<DueEnvelopes, StoreError> {
+        self.store()?.due(now_ms, limit, budget).await
     }
-    async fn remove(&self, envelope_id: &str, _: &Budget) -> Result<(), StoreError> {
-        self.reachable()?.outbox.retain(|q| q.envelope.envelope_id != envelope_id);
-        Ok(())
+    async fn remove(&self, envelope_id: &str, budget: &Budget) -> Result<(), StoreError> {
+        self.store()?.remove(envelope_id, budget).await
     }
-    async fn retry_later(&self, _: &QueuedEnvelope, _: &Budget) -> Result<(), StoreError> {
-        self.reachable().map(|_| ())
+    async fn retry_later(&self, queued: &QueuedEnvelope, budget: &Budget) -> Result<(), StoreError> {
+        self.store()?.retry_later(queued, budget).await
     }
     async fn dead_letter(&self, queued: &QueuedEnvelope, budget: &Budget) -> Result<(), StoreError> {
-        self.remove(&queued.envelope.envelope_id, budget).await
+        self.store()?.dead_letter(queued, budget).await
     }
 }
 

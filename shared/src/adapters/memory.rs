@@ -1,16 +1,18 @@
 //! In-memory stand-ins for the DynamoDB table: the same ports, the same
-//! semantics (atomic admissions, conditional claims), no AWS account needed.
+//! semantics (atomic admissions, conditional claims, the ledger's write
+//! rules), no AWS account needed. `credits-local` runs on it, and tests
+//! build their doubles on it.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Mutex;
 
-use async_trait::async_trait;
-use credits::budget::Budget;
-use credits::domain::ledger::{EntryStatus, LedgerEntry};
-use credits::ports::{
+use crate::budget::Budget;
+use crate::domain::ledger::{EntryStatus, LedgerEntry};
+use crate::ports::{
     ClaimOutcome, DueEnvelopes, IdempotencyStore, Lapsed, Ledger, LedgerPage, NewClaim, Outbox, PendingClaim,
     QueuedEnvelope, RateLimitStore, StoreError,
 };
+use async_trait::async_trait;
 
 #[derive(Default)]
 pub struct MemoryStore {
@@ -41,7 +43,7 @@ struct Record {
 
 impl MemoryStore {
     fn state(&self) -> std::sync::MutexGuard<'_, State> {
-        // A panic elsewhere must not wedge the dev server.
+        // A panic elsewhere must not wedge the dev server or the next test.
         self.state.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 }
