@@ -100,6 +100,33 @@ pub enum Fault {
     ApplyThenHoldUntil(Gate),
 }
 
+impl Fault {
+    /// RevenueCat's `500 server_error`, retryable, asking to wait `backoff_ms` if given.
+    pub fn server_error(backoff_ms: Option<u64>) -> Fault {
+        Fault::Status { status: 500, error_type: "server_error".into(), retryable: true, backoff_ms }
+    }
+
+    /// RevenueCat's `429 rate_limit_error`, asking to wait `backoff_ms`.
+    pub fn rate_limited(backoff_ms: u64) -> Fault {
+        Fault::Status {
+            status: 429,
+            error_type: "rate_limit_error".into(),
+            retryable: true,
+            backoff_ms: Some(backoff_ms),
+        }
+    }
+
+    /// RevenueCat's `423 resource_locked_error`, asking to wait `backoff_ms`.
+    pub fn locked(backoff_ms: u64) -> Fault {
+        Fault::Status {
+            status: 423,
+            error_type: "resource_locked_error".into(),
+            retryable: true,
+            backoff_ms: Some(backoff_ms),
+        }
+    }
+}
+
 /// The routes faults and counters refer to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Route {

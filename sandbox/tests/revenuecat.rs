@@ -676,16 +676,7 @@ async fn unknown_paths_and_wrong_methods() {
 #[tokio::test]
 async fn status_fault_answers_an_error_object_for_n_calls() {
     let api = Api::demo().await;
-    api.sandbox.inject(
-        Route::ListCurrencies,
-        Fault::Status {
-            status: 429,
-            error_type: "rate_limit_error".to_owned(),
-            retryable: true,
-            backoff_ms: Some(2500),
-        },
-        2,
-    );
+    api.sandbox.inject(Route::ListCurrencies, Fault::rate_limited(2500), 2);
     for _ in 0..2 {
         let response = api.get("/virtual_currencies").send().await.unwrap();
         assert_eq!(response.status(), StatusCode::TOO_MANY_REQUESTS);

@@ -468,13 +468,7 @@ async fn every_route_answers_the_refusals_it_documents() {
         // A budget of 1: the 502 spends it. The ledger shares get-balances'
         // budget, which the balances route spent just before.
         if let Some(upstream) = upstream {
-            let server_error = Fault::Status {
-                status: 500,
-                error_type: "server_error".into(),
-                retryable: true,
-                backoff_ms: None,
-            };
-            stack.revenuecat.inject(*upstream, server_error, 1);
+            stack.revenuecat.inject(*upstream, Fault::server_error(None), 1);
             valid(&stack, method, path)
                 .send(&router)
                 .await
@@ -581,12 +575,7 @@ async fn revenuecat_failures_map_to_502_with_their_type() {
     let mut stack = Stack::start().await;
     stack.set_env("REVENUECAT_TIMEOUT_MS", 400);
     let router = stack.router();
-    let server_error = Fault::Status {
-        status: 500,
-        error_type: "server_error".into(),
-        retryable: true,
-        backoff_ms: Some(1000),
-    };
+    let server_error = Fault::server_error(Some(1000));
     stack.revenuecat.inject(Route::Balances, server_error, 1);
     stack.get(&balances(DEMO_USER)).send(&router).await.assert_detail(502, "rc_call_failed: server_error");
     stack.revenuecat.inject(Route::Balances, Fault::Hang, 1);
@@ -607,15 +596,6 @@ async fn revenuecat_failures_map_to_502_with_their_type() {
     reply.assert_detail(502, "rc_call_failed: authentication_error");
 }
 
-fn rate_limited(backoff_ms: u64) -> Fault {
-    Fault::Status {
-        status: 429,
-        error_type: "rate_limit_error".into(),
-        retryable: true,
-        backoff_ms: Some(backoff_ms),
-    }
-}
-
 /// The gap between RevenueCat's last two arrivals on `route`.
 fn last_gap(stack: &Stack, route: Route) -> Duration {
     let arrivals = stack.revenuecat.arrivals(route);
@@ -629,7 +609,7 @@ fn last_gap(stack: &Stack, route: Route) -> Duration {
 async fn a_revenuecat_429_is_retried_once_after_its_retry_after() {
     let stack = Stack::start().await;
     let router = stack.router();
-    stack.revenuecat.inject(Route::Balances, rate_limited(1000), 1);
+    stack.revenuecat.inject(Route::Balances, Fault::rate_limited(1000), 1);
     let reply = stack.get(&balances(DEMO_USER)).send(&router).await;
     assert_eq!(reply.status, 200, "one backoff, then success: {}", reply.body);
     assert_eq!(stack.revenuecat.request_count(Route::Balances), 2);
@@ -639,7 +619,7 @@ async fn a_revenuecat_429_is_retried_once_after_its_retry_after() {
         "the retry came {waited:?} after the 429 (Retry-After: 1)"
     );
 
-    stack.revenuecat.inject(Route::Balances, rate_limited(1000), 2);
+    stack.revenuecat.inject(Route::Balances, Fault::rate_limited(1000), 2);
     let reply = stack.get(&balances(DEMO_USER)).send(&router).await;
     reply.assert_detail(502, "rc_call_failed: rate_limit_error");
     assert_eq!(stack.revenuecat.request_count(Route::Balances), 4, "exactly one retry");
@@ -656,7 +636,7 @@ async fn a_revenuecat_429_is_retried_once_after_its_retry_after() {
 async fn a_revenuecat_429_asking_for_more_than_the_maximum_backoff_is_502_at_once() {
     let stack = Stack::start().await;
     let router = stack.router();
-    stack.revenuecat.inject(Route::Balances, rate_limited(5_000), 1);
+    stack.revenuecat.inject(Route::Balances, Fault::rate_limited(5_000), 1);
     let started = Instant::now();
     let reply = stack.get(&balances(DEMO_USER)).send(&router).await;
     let took = started.elapsed();

@@ -271,12 +271,7 @@ async fn revenuecat_409_idempotency_error_keeps_the_claim() {
 
 #[tokio::test]
 async fn revenuecat_423_persisting_is_waited_out_once_then_keeps_the_claim() {
-    let fault = Fault::Status {
-        status: 423,
-        error_type: "resource_locked_error".into(),
-        retryable: true,
-        backoff_ms: Some(300),
-    };
+    let fault = Fault::locked(300);
     let started = Instant::now();
     let (reply, retry, stack) = adjust_against(fault).await;
     assert_eq!((reply.status, reply.detail()), (502, "rc_call_failed: resource_locked_error".to_owned()));

@@ -13,10 +13,6 @@ use tracing::Instrument;
 
 const ADJUST: &str = "/admin/credits/adjust";
 
-fn server_error() -> Fault {
-    Fault::Status { status: 500, error_type: "server_error".into(), retryable: true, backoff_ms: Some(1000) }
-}
-
 async fn reconcile(stack: &Stack) -> ReconcileSummary {
     run_pass(&stack.app(), credits::budget::Budget::lasting(Duration::from_secs(20)))
         .instrument(code_under_test())
@@ -131,7 +127,7 @@ async fn a_definite_revenuecat_rejection_releases_the_key() {
 async fn a_revenuecat_500_never_leads_to_a_second_transaction() {
     let stack = Stack::start().await;
     let router = stack.router();
-    stack.revenuecat.inject(Route::Transaction, server_error(), 1);
+    stack.revenuecat.inject(Route::Transaction, Fault::server_error(Some(1000)), 1);
     // The shortest deadline an adjustment fits in: the time budget keeps back
     // what RevenueCat and the envelope need. The lease outlives it by 2 s.
     let deadline = Duration::from_secs(3);

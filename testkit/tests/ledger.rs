@@ -175,11 +175,7 @@ async fn an_unknown_outcome_is_pending_at_once_then_applied_by_reconciliation() 
 #[tokio::test]
 async fn a_pending_entry_becomes_rejected_when_revenuecat_refuses_it_on_settlement() {
     let stack = Stack::start().await;
-    stack.revenuecat.inject(
-        Route::Transaction,
-        Fault::Status { status: 500, error_type: "server_error".into(), retryable: true, backoff_ms: None },
-        1,
-    );
+    stack.revenuecat.inject(Route::Transaction, Fault::server_error(None), 1);
     let lease_lapsed = Instant::now() + SHORT + Duration::from_millis(2_500);
     let body = adjustment(-100, "ZD-10 deduction", None, Some("k-rejected"));
     let reply = stack.post("/admin/credits/adjust", body).deadline_in(SHORT).send(&stack.router()).await;

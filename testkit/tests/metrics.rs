@@ -86,11 +86,7 @@ async fn the_function_logs_carry_valid_emf_documents_for_every_metric() {
     assert_eq!(adjust.call(&stack.adjust(50, Some("m-grant"))).await.status, 200, "a replay");
     assert_eq!(adjust.call(&stack.adjust(-20, None)).await.status, 200);
     assert_eq!(adjust.call(&stack.adjust(-5000, None)).await.status, 409, "rejected by RevenueCat");
-    stack.revenuecat.inject(
-        Route::Transaction,
-        Fault::Status { status: 500, error_type: "server_error".into(), retryable: true, backoff_ms: None },
-        1,
-    );
+    stack.revenuecat.inject(Route::Transaction, Fault::server_error(None), 1);
     assert_eq!(adjust.call(&stack.adjust(5, Some("m-unknown"))).await.status, 502, "outcome unknown");
     let lease_lapsed = tokio::time::Instant::now() + deadline + Duration::from_millis(2_500);
     stack.gateway.inject(GatewayFault::Status(503), 1);

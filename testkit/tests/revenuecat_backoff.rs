@@ -13,24 +13,6 @@ use credits_testkit::stack::{Reply, Stack};
 /// The adapter's longest wait (`MAX_BACKOFF` in shared/src/adapters/revenuecat.rs).
 const MAX_BACKOFF: Duration = Duration::from_secs(3);
 
-fn locked(backoff_ms: u64) -> Fault {
-    Fault::Status {
-        status: 423,
-        error_type: "resource_locked_error".into(),
-        retryable: true,
-        backoff_ms: Some(backoff_ms),
-    }
-}
-
-fn rate_limited(backoff_ms: u64) -> Fault {
-    Fault::Status {
-        status: 429,
-        error_type: "rate_limit_error".into(),
-        retryable: true,
-        backoff_ms: Some(backoff_ms),
-    }
-}
-
 /// One keyed adjustment through the binary; the reply and how long it took.
 async fn adjust(stack: &Stack, key: &str) -> (Reply, Duration) {
     let lambda = stack.lambda("adjust-credits", 1).await;
@@ -60,7 +42,7 @@ fn assert_waited(gap: Duration, asked: Duration) {
 #[tokio::test]
 async fn revenuecat_423_once_is_waited_out_for_its_backoff_then_applied() {
     let stack = Stack::start().await;
-    stack.revenuecat.inject(Route::Transaction, locked(1_200), 1);
+    stack.revenuecat.inject(Route::Transaction, Fault::locked(1_200), 1);
     let (reply, _) = adjust(&stack, "rb-423-once").await;
     assert_eq!(reply.status, 200, "{}", reply.body);
     assert_eq!(reply.json()["balance"], 130);
@@ -77,7 +59,7 @@ async fn revenuecat_423_once_is_waited_out_for_its_backoff_then_applied() {
 #[tokio::test]
 async fn revenuecat_423_persisting_is_502_resource_locked_and_keeps_the_claim() {
     let stack = Stack::start().await;
-    stack.revenuecat.inject(Route::Transaction, locked(1_200), 2);
+    stack.revenuecat.inject(Route::Transaction, Fault::locked(1_200), 2);
     let (reply, _) = adjust(&stack, "rb-423").await;
     reply.assert_detail(502, "rc_call_failed: resource_locked_error");
     assert_waited(retry_gap(&stack), Duration::from_millis(1_200));
@@ -97,7 +79,7 @@ async fn revenuecat_423_persisting_is_502_resource_locked_and_keeps_the_claim() 
 #[tokio::test]
 async fn revenuecat_429_asking_for_more_than_the_maximum_backoff_is_502_at_once() {
     let stack = Stack::start().await;
-    stack.revenuecat.inject(Route::Transaction, rate_limited(5_000), 1);
+    stack.revenuecat.inject(Route::Transaction, Fault::rate_limited(5_000), 1);
     let (reply, took) = adjust(&stack, "rb-429-long").await;
     reply.assert_detail(502, "rc_call_failed: rate_limit_error");
     assert_eq!(stack.revenuecat.transactions().len(), 1, "no retry");
@@ -112,7 +94,7 @@ async fn revenuecat_429_asking_for_more_than_the_maximum_backoff_is_502_at_once(
 #[tokio::test]
 async fn revenuecat_423_asking_for_more_than_the_maximum_backoff_is_502_at_once() {
     let stack = Stack::start().await;
-    stack.revenuecat.inject(Route::Transaction, locked(5_000), 1);
+    stack.revenuecat.inject(Route::Transaction, Fault::locked(5_000), 1);
     let (reply, took) = adjust(&stack, "rb-423-long").await;
     reply.assert_detail(502, "rc_call_failed: resource_locked_error");
     assert_eq!(stack.revenuecat.transactions().len(), 1, "no retry");
