@@ -44,7 +44,7 @@ pub struct Machine {
     pub load_after: String,
 }
 
-#[derive(Clone, Copy)]
+#[derive(Clone, Copy, Default)]
 pub struct Samples {
     pub warm: usize,
     pub cold: usize,
@@ -53,6 +53,13 @@ pub struct Samples {
     pub probes: usize,
     /// Warm requests after each TLS cold start (for the cost table).
     pub tls_warm: usize,
+}
+
+impl Samples {
+    /// Nothing of any series; fill in the ones to run.
+    pub fn none() -> Samples {
+        Samples::default()
+    }
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -189,6 +196,31 @@ impl Cold {
             rss: samples.iter().filter_map(|s| s.rss_kib).max(),
         }
     }
+}
+
+/// `--cold-only`: each binary's median CPU for init + its first request,
+/// and its ratio to the floor's, unthrottled and at 1/14 vCPU, as a
+/// Markdown table for a note or `docs/performance.md`.
+pub fn cold_cpu_summary(binaries: &[BinaryResult], context: &str) -> String {
+    let Some(floor) = binaries.first() else { return String::new() };
+    let (floor_free, floor_capped) = (Cold::of(&floor.cold_free).cpu, Cold::of(&floor.cold_capped).cpu);
+    let mut out = format!(
+        "Cold-start CPU (init + first request), median; {context}\n\n\
+         | binary | unthrottled | ÷ floor | at 1/14 vCPU | ÷ floor | peak RSS |\n|---|---|---|---|---|---|\n"
+    );
+    for b in binaries {
+        let (free, capped) = (Cold::of(&b.cold_free), Cold::of(&b.cold_capped));
+        out += &format!(
+            "| {} | {} | {} | {} | {} | {} |\n",
+            b.name,
+            fmt_ms(free.cpu),
+            ratio(free.cpu, floor_free).map_or("–".into(), |r| format!("{r:.2}×")),
+            fmt_ms(capped.cpu),
+            ratio(capped.cpu, floor_capped).map_or("–".into(), |r| format!("{r:.2}×")),
+            free.rss.map_or("–".into(), |kib| format!("{:.1} MB", kib as f64 / 1024.0)),
+        );
+    }
+    out
 }
 
 /// Stats of one endpoint's warm samples.
