@@ -622,6 +622,7 @@ impl Bench {
             response: done - process.spawned_at,
             upstream,
             cpu: process.cpu_time(),
+            minor_faults: process.minor_faults(),
             rss_kib: process.peak_rss_kib(),
         };
         if std::env::var_os("BENCH_VERBOSE").is_some() {

@@ -221,6 +221,14 @@ impl FnProcess {
         status.lines().find_map(|l| l.strip_prefix("VmHWM:")?.trim().strip_suffix("kB")?.trim().parse().ok())
     }
 
+    /// Minor page faults of the process so far (`minflt`, field 10 of `/proc/<pid>/stat`).
+    pub fn minor_faults(&self) -> Option<u64> {
+        let stat = std::fs::read_to_string(format!("/proc/{}/stat", self.pid())).ok()?;
+        // The command name (field 2) may hold spaces; count from after it.
+        let after_name = &stat[stat.rfind(')')? + 2..];
+        after_name.split_whitespace().nth(7)?.parse().ok()
+    }
+
     /// CPU time of all the process's threads so far (accurate while it is idle).
     pub fn cpu_time(&self) -> Option<Duration> {
         cpu_time_of(&self.pid().to_string())

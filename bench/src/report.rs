@@ -72,6 +72,8 @@ pub struct ColdSample {
     pub upstream: Duration,
     /// CPU time for init and the first request (all threads).
     pub cpu: Option<Duration>,
+    /// Page faults for init and the first request (the kernel's share of `cpu`).
+    pub minor_faults: Option<u64>,
     pub rss_kib: Option<u64>,
 }
 
@@ -142,6 +144,12 @@ fn median_usize(values: impl IntoIterator<Item = usize>) -> Option<usize> {
     values.get((values.len().max(1) - 1) / 2).copied()
 }
 
+fn median_u64(values: impl IntoIterator<Item = u64>) -> Option<u64> {
+    let mut values: Vec<u64> = values.into_iter().collect();
+    values.sort();
+    (!values.is_empty()).then(|| values[(values.len() - 1) / 2])
+}
+
 fn ms(d: Duration) -> f64 {
     d.as_secs_f64() * 1e3
 }
@@ -206,17 +214,19 @@ pub fn cold_cpu_summary(binaries: &[BinaryResult], context: &str) -> String {
     let (floor_free, floor_capped) = (Cold::of(&floor.cold_free).cpu, Cold::of(&floor.cold_capped).cpu);
     let mut out = format!(
         "Cold-start CPU (init + first request), median; {context}\n\n\
-         | binary | unthrottled | ÷ floor | at 1/14 vCPU | ÷ floor | peak RSS |\n|---|---|---|---|---|---|\n"
+         | binary | unthrottled | ÷ floor | at 1/14 vCPU | ÷ floor | page faults | peak RSS |\n|---|---|---|---|---|---|---|\n"
     );
     for b in binaries {
         let (free, capped) = (Cold::of(&b.cold_free), Cold::of(&b.cold_capped));
         out += &format!(
-            "| {} | {} | {} | {} | {} | {} |\n",
+            "| {} | {} | {} | {} | {} | {} | {} |\n",
             b.name,
             fmt_ms(free.cpu),
             ratio(free.cpu, floor_free).map_or("–".into(), |r| format!("{r:.2}×")),
             fmt_ms(capped.cpu),
             ratio(capped.cpu, floor_capped).map_or("–".into(), |r| format!("{r:.2}×")),
+            median_u64(b.cold_free.iter().filter_map(|s| s.minor_faults))
+                .map_or("–".into(), |n| n.to_string()),
             free.rss.map_or("–".into(), |kib| format!("{:.1} MB", kib as f64 / 1024.0)),
         );
     }
