@@ -253,7 +253,7 @@ pub fn http_client(config: &Config) -> reqwest::Client {
         .connect_timeout(Duration::from_secs(2).min(config.revenuecat_timeout))
         .timeout(config.revenuecat_timeout)
         .user_agent(concat!("credits-admin/", env!("CARGO_PKG_VERSION")))
-        .tls_certs_only(crate::tls::public_roots())
+        .tls_backend_preconfigured(crate::tls::public_tls_config())
         .build()
         .expect("a TLS backend is compiled in")
 }

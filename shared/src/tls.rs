@@ -3,9 +3,15 @@
 //! docs/performance.md), which is most of a cold start's own time.
 
 use std::path::Path;
-use std::sync::OnceLock;
+use std::sync::{Arc, OnceLock};
 
+use aws_sdk_dynamodb::config::{ConfigBag, RuntimeComponents};
 use aws_smithy_http_client::tls::{self, rustls_provider::CryptoMode, TlsContext, TrustStore};
+use aws_smithy_runtime_api::box_error::BoxError;
+use aws_smithy_runtime_api::client::connector_metadata::ConnectorMetadata;
+use aws_smithy_runtime_api::client::http::{
+    HttpClient, HttpConnectorSettings, SharedHttpClient, SharedHttpConnector,
+};
 use base64::Engine;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::CertificateDer;
@@ -99,8 +105,14 @@ fn to_pem(der: &[u8]) -> String {
     format!("-----BEGIN CERTIFICATE-----\n{base64}\n-----END CERTIFICATE-----\n")
 }
 
-/// The HTTP client for the AWS SDK, trusting only the AWS roots (and any extra ones).
-pub fn aws_http_client() -> aws_smithy_runtime_api::client::http::SharedHttpClient {
+/// The HTTP client for the AWS SDK, trusting only the AWS roots (and any
+/// extra ones). Its connector, root store included, is built once, by the
+/// first request.
+pub fn aws_http_client() -> SharedHttpClient {
+    SharedHttpClient::new(ConnectorOnFirstUse(aws_https_client()))
+}
+
+fn aws_https_client() -> SharedHttpClient {
     let mut trust = TrustStore::empty().with_native_roots(false);
     for root in extra_roots() {
         trust = trust.with_pem_certificate(to_pem(root));
@@ -116,18 +128,76 @@ pub fn aws_http_client() -> aws_smithy_runtime_api::client::http::SharedHttpClie
         .build_https()
 }
 
-/// Mozilla's root set, for RevenueCat and the gateway (their CAs are not ours
-/// to pin), plus any extra roots from [`EXTRA_ROOTS_VAR`].
-pub fn public_roots() -> Vec<reqwest::Certificate> {
-    webpki_root_certs::TLS_SERVER_ROOT_CERTS
+/// The smithy HTTPS client builds a connector (a root store and a pool) when
+/// each SDK client is built, only so that the system's certificates load
+/// early, and discards it; the one requests use is built again on the first
+/// request. With roots compiled in there is nothing to load early, and the
+/// two discarded builds were ≈ 5 % of a cold adjust's instructions
+/// (docs/performance.md). Everything else is the wrapped client's.
+#[derive(Debug)]
+struct ConnectorOnFirstUse(SharedHttpClient);
+
+impl HttpClient for ConnectorOnFirstUse {
+    fn http_connector(
+        &self,
+        settings: &HttpConnectorSettings,
+        components: &RuntimeComponents,
+    ) -> SharedHttpConnector {
+        self.0.http_connector(settings, components)
+    }
+
+    fn validate_final_config(&self, components: &RuntimeComponents, cfg: &ConfigBag) -> Result<(), BoxError> {
+        self.0.validate_final_config(components, cfg)
+    }
+
+    fn connector_metadata(&self) -> Option<ConnectorMetadata> {
+        self.0.connector_metadata()
+    }
+}
+
+/// The TLS settings for RevenueCat and the gateway: Mozilla's roots (their
+/// CAs are not ours to pin) plus any extra roots from [`EXTRA_ROOTS_VAR`];
+/// HTTP/1.1 only, like the reqwest client they are for.
+///
+/// The roots are `webpki-roots`' trust anchors, parsed when it was built:
+/// handing reqwest the ~120 certificates instead made it parse every one on
+/// each cold start, ≈ 7 % of a cold adjust's instructions
+/// (docs/performance.md).
+pub fn public_tls_config() -> rustls::ClientConfig {
+    let mut roots = rustls::RootCertStore { roots: mozilla_anchors() };
+    // Each was accepted by this same `add` when the file was read.
+    let (_added, _refused) = roots.add_parsable_certificates(extra_roots().iter().cloned());
+    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    let mut config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .expect("aws-lc-rs supports the default TLS versions")
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    config
+}
+
+/// Roots still in the latest `webpki-roots` that Mozilla has since removed
+/// (gone from `webpki-root-certs`, one release ahead of it). The test
+/// `the_anchors_are_the_bundled_certificates` keeps this list in step with
+/// both crates.
+const WITHDRAWN_ROOTS: [&[u8]; 2] = [b"emSign Root CA - C1", b"emSign ECC Root CA - C3"];
+
+/// The same roots as `webpki_root_certs::TLS_SERVER_ROOT_CERTS`, as anchors.
+fn mozilla_anchors() -> Vec<rustls::pki_types::TrustAnchor<'static>> {
+    webpki_roots::TLS_SERVER_ROOTS
         .iter()
-        .chain(extra_roots())
-        .filter_map(|c| reqwest::Certificate::from_der(c).ok())
+        .filter(|anchor| {
+            !WITHDRAWN_ROOTS.iter().any(|name| memchr::memmem::find(&anchor.subject, name).is_some())
+        })
+        .cloned()
         .collect()
 }
 
 #[cfg(test)]
 mod tests {
+    use aws_sdk_dynamodb::config::RuntimeComponentsBuilder;
+
     use super::*;
 
     #[test]
@@ -146,7 +216,47 @@ mod tests {
             "Amazon Root CA 1-4 and Starfield Services G2, found {}",
             expected.len()
         );
-        assert!(public_roots().len() > 100);
+        let _ = public_tls_config();
+    }
+
+    /// RevenueCat and the gateway trust exactly the certificates bundled
+    /// for them before (`webpki-root-certs`), and where Mozilla constrains a
+    /// root to some names (a constraint that is not in the certificate), the
+    /// anchor keeps that constraint.
+    #[test]
+    fn the_anchors_are_the_bundled_certificates() {
+        let mut parsed = rustls::RootCertStore::empty();
+        for cert in webpki_root_certs::TLS_SERVER_ROOT_CERTS {
+            parsed.add(cert.clone()).expect("a bundled root parses");
+        }
+        let key = |a: &rustls::pki_types::TrustAnchor<'_>| {
+            (a.subject.as_ref().to_vec(), a.subject_public_key_info.as_ref().to_vec())
+        };
+        let mut ours: Vec<_> = mozilla_anchors().iter().map(key).collect();
+        let mut bundled: Vec<_> = parsed.roots.iter().map(key).collect();
+        ours.sort();
+        bundled.sort();
+        assert_eq!(ours.len(), bundled.len(), "webpki-roots and webpki-root-certs hold different roots");
+        assert!(ours == bundled, "webpki-roots and webpki-root-certs hold different roots");
+        for anchor in mozilla_anchors() {
+            let from_cert = parsed.roots.iter().find(|p| key(p) == key(&anchor)).expect("matched above");
+            if from_cert.name_constraints.is_some() {
+                assert_eq!(anchor.name_constraints, from_cert.name_constraints);
+            }
+        }
+        assert!(
+            mozilla_anchors().iter().any(|a| a.name_constraints.is_some()),
+            "Mozilla's name constraints (e.g. TUBITAK's, to .tr) are kept"
+        );
+        for name in WITHDRAWN_ROOTS {
+            assert!(
+                webpki_roots::TLS_SERVER_ROOTS
+                    .iter()
+                    .any(|a| memchr::memmem::find(&a.subject, name).is_some()),
+                "{} is no longer in webpki-roots: drop it from WITHDRAWN_ROOTS",
+                String::from_utf8_lossy(name)
+            );
+        }
     }
 
     fn bundled(i: usize) -> &'static [u8] {
@@ -191,8 +301,10 @@ mod tests {
         let garbage = dir.join("garbage.pem");
         std::fs::write(&garbage, to_pem(b"garbage")).unwrap();
         assert!(read_extra_roots(&garbage).is_empty());
-        // Both clients still build (the SDK's would panic on a bad root).
-        let _ = aws_http_client();
+        // The SDK's connector still builds (it panics on a bad root).
+        aws_https_client()
+            .validate_base_client_config(&RuntimeComponentsBuilder::new("test"), &ConfigBag::base())
+            .expect("the connector builds");
         let good = dir.join("good.pem");
         std::fs::write(&good, to_pem(bundled(4))).unwrap();
         assert_eq!(read_extra_roots(&good).len(), 1);
