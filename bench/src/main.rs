@@ -464,9 +464,8 @@ async fn run(root: PathBuf, out: PathBuf, samples: Samples, cold_only: bool) -> 
         }
     }
 
-    // Warm requests: one long-lived instance per binary. Adjust runs before
-    // get-balances so that the ledger page read there is a full one (every
-    // adjustment above left an entry for the same customer).
+    // Warm requests: one long-lived instance per binary, each on a table of
+    // its own (see `Bench::fresh_table_env`).
     let mut endpoints = Vec::new();
     let groups: [(&str, &[Endpoint]); 4] = [
         (FLOOR, &[Endpoint::Floor]),
@@ -656,8 +655,16 @@ impl Bench {
 
     /// A long-lived, unthrottled instance of `binary`, polling its own emulator.
     async fn instance(&self, binary: &str) -> Result<(RuntimeApiEmulator, FnProcess), String> {
+        self.instance_with(binary, &self.env).await
+    }
+
+    async fn instance_with(
+        &self,
+        binary: &str,
+        env: &[(String, String)],
+    ) -> Result<(RuntimeApiEmulator, FnProcess), String> {
         let emulator = RuntimeApiEmulator::start().await;
-        let process = self.spawn(binary, &emulator.address(), self.free.as_ref(), &self.env).await?;
+        let process = self.spawn(binary, &emulator.address(), self.free.as_ref(), env).await?;
         if !wait_until(Duration::from_secs(20), || emulator.waiting_pollers() >= 1).await {
             return Err(format!("{binary} did not start polling:\n{}", process.log_tail()));
         }
@@ -705,7 +712,8 @@ impl Bench {
         group: &[Endpoint],
         n: usize,
     ) -> Result<(Vec<EndpointResult>, Option<u64>), String> {
-        let (emulator, process) = self.instance(binary).await?;
+        let env = self.fresh_table_env(group).await?;
+        let (emulator, process) = self.instance_with(binary, &env).await?;
         let mut results: Vec<EndpointResult> = group
             .iter()
             .map(|&e| EndpointResult {
@@ -739,6 +747,27 @@ impl Bench {
             self.recorder.set_delay(Duration::ZERO);
         }
         Ok((results, process.peak_rss_kib()))
+    }
+
+    /// The environment with a new, empty table, so that a warm group does
+    /// not measure what earlier series left in it: moto copies the whole
+    /// table (`copy.deepcopy`) for every item of every `TransactWriteItems`,
+    /// so on the shared table each warm adjustment waited on a copy of
+    /// thousands of items. For the ledger, the customer's page is filled
+    /// first through a short-lived `adjust-credits`.
+    async fn fresh_table_env(&self, group: &[Endpoint]) -> Result<Vec<(String, String)>, String> {
+        let table = credits_testkit::aws::unique_name("credits-bench");
+        credits_testkit::aws::create_table(&self.stack.moto_endpoint, &table).await;
+        let mut env = self.env.clone();
+        match env.iter_mut().find(|(name, _)| name == "TABLE_NAME") {
+            Some((_, value)) => *value = table,
+            None => return Err("the stack's environment has no TABLE_NAME".into()),
+        }
+        if group.contains(&Endpoint::Ledger) {
+            let (emulator, process) = self.instance_with(Endpoint::AdjustNoKey.binary(), &env).await?;
+            self.warm_series(&emulator, &process, Endpoint::AdjustNoKey, LEDGER_PAGE + WARM_UP).await?;
+        }
+        Ok(env)
     }
 
     /// The currency list on a warm instance whose cached list has expired.

@@ -807,8 +807,12 @@ impl Results {
                 "reqwest_platform_verifier",
             ),
             (
-                "reqwest client, the Mozilla roots compiled in (`webpki-root-certs`, as `shared/src/tls.rs`)",
+                "reqwest client, the Mozilla roots compiled in as certificates (`webpki-root-certs`, as `shared/src/tls.rs` until 12-02)",
                 "reqwest_mozilla_roots",
+            ),
+            (
+                "reqwest client, the same roots as parsed anchors (`webpki-roots`, `tls::public_tls_config`, as `shared/src/tls.rs` now)",
+                "reqwest_mozilla_anchors",
             ),
             ("reqwest client, one given root", "reqwest_given_roots"),
             ("first request, new plain HTTP connection", "http_first"),

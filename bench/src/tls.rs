@@ -383,6 +383,13 @@ pub fn probe_main() -> Result<(), String> {
         r.finish("reqwest_mozilla_roots", start);
 
         let start = mark();
+        let _anchors = reqwest::Client::builder()
+            .tls_backend_preconfigured(credits::tls::public_tls_config())
+            .build()
+            .map_err(|e| e.to_string())?;
+        r.finish("reqwest_mozilla_anchors", start);
+
+        let start = mark();
         let root = reqwest::Certificate::from_pem(&ca).map_err(|e| e.to_string())?;
         let client =
             reqwest::Client::builder().tls_certs_only([root.clone()]).build().map_err(|e| e.to_string())?;
