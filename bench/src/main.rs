@@ -157,8 +157,8 @@ fn main() -> ExitCode {
         }
         // Only the cold starts, so more of them: the floor's 2–3 ms makes
         // a ratio of medians of ten samples move by ±0.3×.
-        (true, true) => Samples { cold: 10, ..Samples::none() },
-        (false, true) => Samples { cold: 30, ..Samples::none() },
+        (true, true) => Samples { cold: 10, ..Samples::default() },
+        (false, true) => Samples { cold: 30, ..Samples::default() },
     };
     // moto (DynamoDB, Secrets Manager) runs from .venv, which a fresh clone
     // does not have until this (idempotent, well under a second when done).

@@ -55,13 +55,6 @@ pub struct Samples {
     pub tls_warm: usize,
 }
 
-impl Samples {
-    /// Nothing of any series; fill in the ones to run.
-    pub fn none() -> Samples {
-        Samples::default()
-    }
-}
-
 #[derive(Debug, Clone, Copy)]
 pub struct ColdSample {
     /// Spawn → first `GET /next`.
@@ -138,16 +131,11 @@ pub fn median(values: impl IntoIterator<Item = Duration>) -> Option<Duration> {
     percentile(values, 0.5)
 }
 
-fn median_usize(values: impl IntoIterator<Item = usize>) -> Option<usize> {
-    let mut values: Vec<usize> = values.into_iter().collect();
+/// The lower middle value, like [`median`], for counts.
+fn median_count<T: Ord + Copy>(values: impl IntoIterator<Item = T>) -> Option<T> {
+    let mut values: Vec<T> = values.into_iter().collect();
     values.sort();
     values.get((values.len().max(1) - 1) / 2).copied()
-}
-
-fn median_u64(values: impl IntoIterator<Item = u64>) -> Option<u64> {
-    let mut values: Vec<u64> = values.into_iter().collect();
-    values.sort();
-    (!values.is_empty()).then(|| values[(values.len() - 1) / 2])
 }
 
 fn ms(d: Duration) -> f64 {
@@ -191,6 +179,7 @@ struct Cold {
     response: Option<Duration>,
     own: Option<Duration>,
     cpu: Option<Duration>,
+    minor_faults: Option<u64>,
     rss: Option<u64>,
 }
 
@@ -201,6 +190,7 @@ impl Cold {
             response: median(samples.iter().map(|s| s.response)),
             own: median(samples.iter().map(|s| s.response.saturating_sub(s.upstream))),
             cpu: median(samples.iter().filter_map(|s| s.cpu)),
+            minor_faults: median_count(samples.iter().filter_map(|s| s.minor_faults)),
             rss: samples.iter().filter_map(|s| s.rss_kib).max(),
         }
     }
@@ -216,17 +206,18 @@ pub fn cold_cpu_summary(binaries: &[BinaryResult], context: &str) -> String {
         "Cold-start CPU (init + first request), median; {context}\n\n\
          | binary | unthrottled | ÷ floor | at 1/14 vCPU | ÷ floor | page faults | peak RSS |\n|---|---|---|---|---|---|---|\n"
     );
+    // Two decimals: the differences between builds are tenths.
+    let times = |a, b| ratio(a, b).map_or("–".into(), |r| format!("{r:.2}×"));
     for b in binaries {
         let (free, capped) = (Cold::of(&b.cold_free), Cold::of(&b.cold_capped));
         out += &format!(
             "| {} | {} | {} | {} | {} | {} | {} |\n",
             b.name,
             fmt_ms(free.cpu),
-            ratio(free.cpu, floor_free).map_or("–".into(), |r| format!("{r:.2}×")),
+            times(free.cpu, floor_free),
             fmt_ms(capped.cpu),
-            ratio(capped.cpu, floor_capped).map_or("–".into(), |r| format!("{r:.2}×")),
-            median_u64(b.cold_free.iter().filter_map(|s| s.minor_faults))
-                .map_or("–".into(), |n| n.to_string()),
+            times(capped.cpu, floor_capped),
+            free.minor_faults.map_or("–".into(), |n| n.to_string()),
             free.rss.map_or("–".into(), |kib| format!("{:.1} MB", kib as f64 / 1024.0)),
         );
     }
@@ -253,7 +244,7 @@ impl Warm {
             upstream: median(samples.iter().map(|s| s.upstream)),
             overhead: median(samples.iter().map(WarmSample::overhead)),
             overhead_p95: percentile(samples.iter().map(WarmSample::overhead), 0.95),
-            waves: median_usize(samples.iter().map(|s| s.waves)),
+            waves: median_count(samples.iter().map(|s| s.waves)),
             calls: most_frequent(samples.iter().map(|s| s.calls)),
         }
     }

@@ -187,11 +187,13 @@ const WITHDRAWN_ROOTS: [&[u8]; 2] = [b"emSign Root CA - C1", b"emSign ECC Root C
 fn mozilla_anchors() -> Vec<rustls::pki_types::TrustAnchor<'static>> {
     webpki_roots::TLS_SERVER_ROOTS
         .iter()
-        .filter(|anchor| {
-            !WITHDRAWN_ROOTS.iter().any(|name| memchr::memmem::find(&anchor.subject, name).is_some())
-        })
+        .filter(|anchor| !WITHDRAWN_ROOTS.iter().any(|name| subject_contains(anchor, name)))
         .cloned()
         .collect()
+}
+
+fn subject_contains(anchor: &rustls::pki_types::TrustAnchor<'_>, name: &[u8]) -> bool {
+    memchr::memmem::find(&anchor.subject, name).is_some()
 }
 
 #[cfg(test)]
@@ -232,27 +234,26 @@ mod tests {
         let key = |a: &rustls::pki_types::TrustAnchor<'_>| {
             (a.subject.as_ref().to_vec(), a.subject_public_key_info.as_ref().to_vec())
         };
-        let mut ours: Vec<_> = mozilla_anchors().iter().map(key).collect();
+        let anchors = mozilla_anchors();
+        let mut ours: Vec<_> = anchors.iter().map(key).collect();
         let mut bundled: Vec<_> = parsed.roots.iter().map(key).collect();
         ours.sort();
         bundled.sort();
         assert_eq!(ours.len(), bundled.len(), "webpki-roots and webpki-root-certs hold different roots");
         assert!(ours == bundled, "webpki-roots and webpki-root-certs hold different roots");
-        for anchor in mozilla_anchors() {
-            let from_cert = parsed.roots.iter().find(|p| key(p) == key(&anchor)).expect("matched above");
+        for anchor in &anchors {
+            let from_cert = parsed.roots.iter().find(|p| key(p) == key(anchor)).expect("matched above");
             if from_cert.name_constraints.is_some() {
                 assert_eq!(anchor.name_constraints, from_cert.name_constraints);
             }
         }
         assert!(
-            mozilla_anchors().iter().any(|a| a.name_constraints.is_some()),
+            anchors.iter().any(|a| a.name_constraints.is_some()),
             "Mozilla's name constraints (e.g. TUBITAK's, to .tr) are kept"
         );
         for name in WITHDRAWN_ROOTS {
             assert!(
-                webpki_roots::TLS_SERVER_ROOTS
-                    .iter()
-                    .any(|a| memchr::memmem::find(&a.subject, name).is_some()),
+                webpki_roots::TLS_SERVER_ROOTS.iter().any(|a| subject_contains(a, name)),
                 "{} is no longer in webpki-roots: drop it from WITHDRAWN_ROOTS",
                 String::from_utf8_lossy(name)
             );
