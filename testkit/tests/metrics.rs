@@ -70,6 +70,16 @@ fn metrics_seen(documents: &[Value]) -> BTreeMap<String, BTreeSet<String>> {
     seen
 }
 
+/// The sum of `metric`'s values over `documents` (a value may be a number or
+/// an array of numbers).
+fn total(documents: &[Value], metric: &str) -> f64 {
+    let numbers = |value: &Value| match value {
+        Value::Array(values) => values.iter().filter_map(Value::as_f64).sum(),
+        other => other.as_f64().unwrap_or(0.0),
+    };
+    documents.iter().map(|doc| numbers(&doc[metric])).sum()
+}
+
 #[tokio::test]
 async fn the_function_logs_carry_valid_emf_documents_for_every_metric() {
     let mut stack = Stack::start().await;
@@ -127,7 +137,8 @@ async fn the_function_logs_carry_valid_emf_documents_for_every_metric() {
     assert!(balances.pool.instances()[0].wait_for_log("\"LimiterFailOpen\"", Duration::from_secs(5)).await);
     logs.extend(balances.logs());
 
-    let seen = metrics_seen(&emf_documents(&logs));
+    let documents = emf_documents(&logs);
+    let seen = metrics_seen(&documents);
     let expected = [
         ("Adjustments", "Outcome=applied"),
         ("Adjustments", "Outcome=replayed"),
@@ -147,6 +158,7 @@ async fn the_function_logs_carry_valid_emf_documents_for_every_metric() {
         ("EnvelopesRedelivered", "Function=adjust-credits"),
         ("EnvelopesDeadLettered", "Function=adjust-credits"),
         ("ReconcileSettled", "unit=Count"),
+        ("ReconcileFailed", "unit=Count"),
         ("ReconcileDuration", "unit=Milliseconds"),
         ("OutboxOldestAge", "unit=Seconds"),
     ];
@@ -154,6 +166,10 @@ async fn the_function_logs_carry_valid_emf_documents_for_every_metric() {
         let found = seen.get(metric).unwrap_or_else(|| panic!("{metric} not emitted; seen: {seen:#?}"));
         assert!(found.contains(with), "{metric} without {with}: {found:?}");
     }
+    // What a person is paged for must count what happened, not only appear.
+    assert_eq!(total(&documents, "ReconcileFailed"), 1.0, "the dead-lettered envelope");
+    assert_eq!(total(&documents, "EnvelopesDeadLettered"), 1.0);
+    assert_eq!(total(&documents, "ReconcileSettled"), 1.0, "the adjustment with an unknown outcome");
 }
 
 #[test]
