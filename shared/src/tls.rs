@@ -133,7 +133,9 @@ fn aws_https_client() -> SharedHttpClient {
 /// early, and discards it; the one requests use is built again on the first
 /// request. With roots compiled in there is nothing to load early, and the
 /// two discarded builds were ≈ 5 % of a cold adjust's instructions
-/// (docs/performance.md). Everything else is the wrapped client's.
+/// (docs/performance.md). So the one hook that builds it,
+/// `validate_base_client_config`, is left to the trait's no-op default;
+/// everything else is delegated to the wrapped client.
 #[derive(Debug)]
 struct ConnectorOnFirstUse(SharedHttpClient);
 
